@@ -1,0 +1,7 @@
+"""``python -m pcpretrain``: same as the console script."""
+
+import sys
+
+from pcpretrain.cli import main
+
+sys.exit(main())

@@ -1,0 +1,297 @@
+"""Typed configuration schemas, registered in Hydra's ConfigStore, and their validation.
+
+The dataclasses are the single source of truth for key names and types: Hydra rejects unknown keys
+and ill-typed values against them, and :func:`validate` rejects values that are well-typed but
+out of range, naming the key and the allowed values, before any work starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+PC_DEGREES = (0, 1, 2, 3, 4)
+PRECISIONS = ("auto", "fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+OPTIMIZERS = ("adamw",)
+SCHEDULERS = ("cosine",)
+DATA_SOURCES = ("sample", "files")
+CHECKPOINT_FORMS = ("unmerged", "merged")
+WANDB_MODES = ("online", "offline", "disabled")
+VERIFY_MODES = ("checksum", "size")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the key and what is allowed."""
+
+
+@dataclass
+class RunConfig:
+    """Where the run lives. All outputs of one run go to ``dir``."""
+
+    dir: str = "runs/${now:%Y-%m-%d_%H-%M-%S}"
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the Llama model. ``vocab_size: null`` takes the tokenizer's size."""
+
+    name: str = "debug"
+    vocab_size: int | None = None
+    hidden_size: int = 256
+    intermediate_size: int = 688
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int | None = None
+    max_seq_len: int = 1024
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    initializer_range: float = 0.02
+
+
+@dataclass
+class PCConfig:
+    """Polynomial preconditioning of selected weight matrices (degree 0 turns it off)."""
+
+    degree: int = 4
+    targets: list[str] = field(
+        default_factory=lambda: ["*.mlp.gate_proj", "*.mlp.up_proj", "*.mlp.down_proj", "*.self_attn.o_proj"]
+    )
+    power_iters: int = 10
+
+
+@dataclass
+class OptimizerConfig:
+    """Optimizer hyper-parameters; weight decay applies to matrices only."""
+
+    name: str = "adamw"
+    lr: float = 3e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+
+
+@dataclass
+class SchedulerConfig:
+    """Learning-rate schedule: linear warmup then cosine decay to ``end_ratio`` x peak."""
+
+    name: str = "cosine"
+    warmup_steps: int = 10
+    end_ratio: float = 0.1
+
+
+@dataclass
+class TokenizerConfig:
+    """A SentencePiece model file, or ``path: null`` to train one on the training corpus (cached)."""
+
+    path: str | None = None
+    vocab_size: int = 4096
+
+
+@dataclass
+class DataConfig:
+    """Training and validation text, tokenization and packing into ``seq_len + 1`` windows."""
+
+    name: str = "sample"
+    source: str = "sample"
+    train_files: list[str] = field(default_factory=list)
+    validation_files: list[str] = field(default_factory=list)
+    text_field: str = "text"
+    validation_fraction: float = 0.02
+    seq_len: int = 256
+    add_bos: bool = True
+    add_eos: bool = True
+    shuffle: bool = True
+    cache_dir: str | None = None
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+
+
+@dataclass
+class TrainerConfig:
+    """Loop length, batch geometry, precision and evaluation cadence.
+
+    ``batch_size`` is the global number of sequences per optimizer step; gradient accumulation
+    is derived from it, ``micro_batch_size`` and the number of processes.
+    """
+
+    max_steps: int = 100
+    stop_at: int | None = None
+    batch_size: int = 16
+    micro_batch_size: int = 8
+    grad_clip: float = 1.0
+    precision: str = "auto"
+    device: str = "auto"
+    eval_every: int = 50
+    eval_batches: int | None = 8
+    log_every: int = 1
+
+
+@dataclass
+class CheckpointConfig:
+    """When and in which forms checkpoints are written; how many are kept."""
+
+    every: int = 0
+    keep_last: int = 2
+    forms: list[str] = field(default_factory=lambda: ["unmerged"])
+    final_forms: list[str] = field(default_factory=lambda: ["unmerged", "merged"])
+    verify: str = "checksum"
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases logging (rank 0 only)."""
+
+    mode: str = "disabled"
+    project: str = "pcpretrain"
+    entity: str | None = None
+    name: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LoggerConfig:
+    """Console progress and experiment trackers."""
+
+    progress: bool = True
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
+class TrainConfig:
+    """The whole training run."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pc: PCConfig = field(default_factory=PCConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    seed: int = 0
+    resume: str = "auto"
+
+
+def register_configs() -> None:
+    """Register the schema so ``configs/train.yaml`` can name it first in its defaults list."""
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+def _choice(key: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
+
+
+def _positive(key: str, value: float | int, *, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{key}={value!r} is not allowed; it must be {bound}")
+
+
+def validate(cfg: TrainConfig, world_size: int = 1) -> None:
+    """Reject out-of-range values with a message naming the key and the allowed values."""
+    _choice("pc.degree", cfg.pc.degree, PC_DEGREES)
+    _positive("pc.power_iters", cfg.pc.power_iters)
+    if cfg.pc.degree and not cfg.pc.targets:
+        raise ConfigError("pc.targets is empty; give module-name patterns such as '*.mlp.up_proj' or set pc.degree=0")
+    _choice("optimizer", cfg.optimizer.name, OPTIMIZERS)
+    _positive("optimizer.lr", cfg.optimizer.lr)
+    _positive("optimizer.eps", cfg.optimizer.eps)
+    _positive("optimizer.weight_decay", cfg.optimizer.weight_decay, allow_zero=True)
+    if len(cfg.optimizer.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.optimizer.betas):
+        raise ConfigError(f"optimizer.betas={list(cfg.optimizer.betas)} must be two numbers in [0, 1)")
+    _choice("scheduler", cfg.scheduler.name, SCHEDULERS)
+    _positive("scheduler.warmup_steps", cfg.scheduler.warmup_steps, allow_zero=True)
+    if not 0.0 <= cfg.scheduler.end_ratio <= 1.0:
+        raise ConfigError(f"scheduler.end_ratio={cfg.scheduler.end_ratio} must lie in [0, 1]")
+    _validate_model(cfg)
+    _validate_data(cfg)
+    _validate_trainer(cfg, world_size)
+    _validate_checkpoint(cfg)
+    _choice("logger.wandb.mode", cfg.logger.wandb.mode, WANDB_MODES)
+    if cfg.resume not in ("auto", "never") and not Path(cfg.resume).exists():
+        raise ConfigError(f"resume={cfg.resume!r}: no such checkpoint directory; use auto, never or a checkpoint path")
+
+
+def _validate_model(cfg: TrainConfig) -> None:
+    m = cfg.model
+    for key in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "max_seq_len"):
+        _positive(f"model.{key}", getattr(m, key))
+    if m.vocab_size is not None:
+        _positive("model.vocab_size", m.vocab_size)
+    if m.hidden_size % m.num_heads:
+        raise ConfigError(f"model.hidden_size={m.hidden_size} must be divisible by model.num_heads={m.num_heads}")
+    if m.num_kv_heads is not None and (m.num_kv_heads <= 0 or m.num_heads % m.num_kv_heads):
+        raise ConfigError(f"model.num_kv_heads={m.num_kv_heads} must divide model.num_heads={m.num_heads}")
+
+
+def _validate_data(cfg: TrainConfig) -> None:
+    d = cfg.data
+    _choice("data.source", d.source, DATA_SOURCES)
+    _positive("data.seq_len", d.seq_len)
+    if d.seq_len > cfg.model.max_seq_len:
+        raise ConfigError(f"data.seq_len={d.seq_len} exceeds model.max_seq_len={cfg.model.max_seq_len}")
+    if d.source == "files" and not d.train_files:
+        raise ConfigError("data.train_files is empty; data.source=files needs at least one path or glob")
+    if d.source == "sample" and not 0.0 < d.validation_fraction < 1.0:
+        raise ConfigError(f"data.validation_fraction={d.validation_fraction} must lie in (0, 1)")
+    if d.tokenizer.path is None:
+        _positive("data.tokenizer.vocab_size", d.tokenizer.vocab_size)
+    elif not Path(d.tokenizer.path).is_file():
+        raise ConfigError(f"data.tokenizer.path={d.tokenizer.path!r}: no such file (a SentencePiece .model)")
+
+
+def _validate_trainer(cfg: TrainConfig, world_size: int) -> None:
+    t = cfg.trainer
+    _positive("trainer.max_steps", t.max_steps)
+    if t.stop_at is not None and not 1 <= t.stop_at <= t.max_steps:
+        raise ConfigError(f"trainer.stop_at={t.stop_at} must lie in [1, trainer.max_steps={t.max_steps}]")
+    _positive("trainer.batch_size", t.batch_size)
+    _positive("trainer.micro_batch_size", t.micro_batch_size)
+    if t.batch_size % (t.micro_batch_size * world_size):
+        raise ConfigError(
+            f"trainer.batch_size={t.batch_size} must be a multiple of trainer.micro_batch_size="
+            f"{t.micro_batch_size} x {world_size} process(es)"
+        )
+    _positive("trainer.grad_clip", t.grad_clip, allow_zero=True)
+    _choice("trainer.precision", t.precision, PRECISIONS)
+    _choice("trainer.device", t.device, DEVICES)
+    _positive("trainer.eval_every", t.eval_every, allow_zero=True)
+    if t.eval_batches is not None:
+        _positive("trainer.eval_batches", t.eval_batches)
+    _positive("trainer.log_every", t.log_every)
+
+
+def _validate_checkpoint(cfg: TrainConfig) -> None:
+    c = cfg.checkpoint
+    _positive("checkpoint.every", c.every, allow_zero=True)
+    _positive("checkpoint.keep_last", c.keep_last)
+    for key in ("forms", "final_forms"):
+        for form in getattr(c, key):
+            _choice(f"checkpoint.{key}", form, CHECKPOINT_FORMS)
+    _choice("checkpoint.verify", c.verify, VERIFY_MODES)
+
+
+def to_train_config(cfg: DictConfig | dict) -> TrainConfig:
+    """Turn a composed (or saved) config into typed dataclasses, rejecting unknown keys."""
+    schema = OmegaConf.structured(TrainConfig)
+    merged = OmegaConf.merge(schema, cfg)
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+
+
+def to_yaml(cfg: TrainConfig) -> str:
+    """The resolved config as YAML, the form saved in run directories and checkpoints."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def load_yaml(path: Path) -> TrainConfig:
+    """Read a saved config, naming the file when it is unreadable or does not match the schema."""
+    try:
+        return to_train_config(OmegaConf.load(path))
+    except Exception as exc:
+        raise ConfigError(f"{path}: not a valid pcpretrain config ({exc})") from exc

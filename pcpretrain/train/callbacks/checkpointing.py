@@ -1,0 +1,81 @@
+"""Writes checkpoints at the configured interval, at ``trainer.stop_at`` and at the schedule's end."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pcpretrain.config import CheckpointConfig
+from pcpretrain.data.tokenizer import Tokenizer
+from pcpretrain.export import write_merged_model
+from pcpretrain.train import checkpoint as ckpt
+from pcpretrain.train.callbacks.base import Callback
+
+if TYPE_CHECKING:
+    from pcpretrain.config import TrainConfig
+    from pcpretrain.train.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+
+class Checkpointing(Callback):
+    """Saves the forms due at each step; prunes old ones. Never runs after a failed step."""
+
+    def __init__(self, cfg: TrainConfig, root: Path, config_yaml: str, tokenizer: Tokenizer) -> None:
+        self.ckpt_cfg: CheckpointConfig = cfg.checkpoint
+        self.cfg = cfg
+        self.root = root
+        self.config_yaml = config_yaml
+        self.tokenizer = tokenizer
+        self.saved: dict[str, Path] = {}
+
+    def forms_due(self, trainer: Trainer) -> set[str]:
+        step = trainer.state.step
+        forms: set[str] = set()
+        if self.ckpt_cfg.every and step % self.ckpt_cfg.every == 0:
+            forms.update(self.ckpt_cfg.forms)
+        if trainer.schedule_finished:
+            forms.update(self.ckpt_cfg.final_forms)
+        elif trainer.at_last_step:
+            forms.add("unmerged")
+        return forms
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        if trainer.accelerator.is_main_process:
+            self.root.mkdir(parents=True, exist_ok=True)
+            ckpt.remove_stale_temporaries(self.root)
+
+    def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        forms = self.forms_due(trainer)
+        if "unmerged" in forms:
+            self.save_unmerged(trainer)
+        if "merged" in forms:
+            self.save_merged(trainer)
+        if forms and trainer.accelerator.is_main_process:
+            ckpt.prune(self.root, self.ckpt_cfg.keep_last)
+
+    def save_unmerged(self, trainer: Trainer) -> None:
+        trainer.state.data = trainer.train_batches.state_dict()
+        path = ckpt.save_unmerged(
+            trainer.accelerator,
+            self.root,
+            trainer.state.step,
+            trainer.state.to_dict(),
+            self.config_yaml,
+            self.tokenizer.model_path,
+            self.ckpt_cfg.verify,
+        )
+        self.saved["unmerged"] = path
+        log.info("saved checkpoint %s", path)
+
+    def save_merged(self, trainer: Trainer) -> None:
+        state_dict = trainer.accelerator.get_state_dict(trainer.model)
+        out = ckpt.merged_dir(self.root, trainer.state.step)
+        if trainer.accelerator.is_main_process:
+            write_merged_model(
+                state_dict, model_cfg=self.cfg.model, pc_degree=self.cfg.pc.degree, tokenizer=self.tokenizer, out_dir=out
+            )
+            log.info("saved merged model %s", out)
+        trainer.accelerator.wait_for_everyone()
+        self.saved["merged"] = out

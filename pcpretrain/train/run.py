@@ -1,0 +1,233 @@
+"""Assemble a run from its config: data, model + PC layers, optimizer, resume, callbacks; then train."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from omegaconf import OmegaConf
+
+from pcpretrain import pc
+from pcpretrain.config import ConfigError, TrainConfig, load_yaml, to_yaml, validate
+from pcpretrain.data.loader import PackedBatches, validation_batches
+from pcpretrain.data.pipeline import PreparedData, prepare_data
+from pcpretrain.model import build_model, flops_per_token, peak_flops
+from pcpretrain.optim import build_optimizer, build_scheduler
+from pcpretrain.train import checkpoint as ckpt
+from pcpretrain.train.callbacks.checkpointing import Checkpointing
+from pcpretrain.train.callbacks.evaluation import Evaluation
+from pcpretrain.train.callbacks.metrics_file import MetricsFile, read_metrics
+from pcpretrain.train.callbacks.progress import ConsoleProgress
+from pcpretrain.train.callbacks.spectral import SpectralNormUpdate
+from pcpretrain.train.callbacks.speed import SpeedMonitor
+from pcpretrain.train.callbacks.wandb_logger import WandbLogger
+from pcpretrain.train.engine import build_accelerator
+from pcpretrain.train.errors import CheckpointError
+from pcpretrain.train.state import TrainState
+from pcpretrain.train.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.yaml"
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass
+class RunSummary:
+    """What a user wants to know when a run ends."""
+
+    run_dir: str
+    step: int
+    max_steps: int
+    train_loss: float | None
+    val_loss: float | None
+    tokens: int
+    tokens_per_s: float
+    checkpoint: str | None
+    merged_model: str | None
+
+    def render(self) -> str:
+        def fmt(value: float | None) -> str:
+            return "n/a" if value is None else f"{value:.4f}"
+
+        lines = [
+            f"run directory   {self.run_dir}",
+            f"steps           {self.step}/{self.max_steps}",
+            f"train loss      {fmt(self.train_loss)}",
+            f"val loss        {fmt(self.val_loss)}",
+            f"tokens          {self.tokens:,}",
+            f"tokens/s        {self.tokens_per_s:,.0f}",
+            f"checkpoint      {self.checkpoint or 'none written'}",
+            f"merged model    {self.merged_model or 'none written'}",
+        ]
+        return "\n".join(lines)
+
+
+def run_training(cfg: TrainConfig, run_dir: Path) -> RunSummary:
+    """Train (or resume) the run described by ``cfg`` in ``run_dir``."""
+    validate(cfg)
+    accelerator = build_accelerator(cfg.trainer)
+    validate(cfg, accelerator.num_processes)
+    ckpt_root = run_dir / "checkpoints"
+    resume_from = locate_resume(cfg, ckpt_root)
+    set_seed(cfg.seed)
+
+    data = prepare_data(cfg.data)
+    vocab_size = resolve_vocab_size(cfg, data)
+    if resume_from is not None:
+        check_compatible(resume_from, cfg, data)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    model = build_model(cfg.model, vocab_size, data.tokenizer.bos_id, data.tokenizer.eos_id)
+    converted = pc.apply_pc(model, cfg.pc.degree, cfg.pc.targets, cfg.pc.power_iters, seed=cfg.seed)
+    log.info("PC degree %d on %d matrices", cfg.pc.degree, len(converted))
+    model.to(accelerator.device)
+    optimizer = build_optimizer(model, cfg.optimizer)
+    scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.trainer.max_steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+
+    grad_accum = cfg.trainer.batch_size // (cfg.trainer.micro_batch_size * accelerator.num_processes)
+    train_batches = PackedBatches(
+        data.train_tokens,
+        seq_len=cfg.data.seq_len,
+        micro_batch_size=cfg.trainer.micro_batch_size,
+        grad_accum_steps=grad_accum,
+        seed=cfg.seed,
+        rank=accelerator.process_index,
+        world_size=accelerator.num_processes,
+        shuffle=cfg.data.shuffle,
+    )
+    state = TrainState()
+    if resume_from is not None:
+        state = restore(accelerator, resume_from, train_batches)
+        log.info("resumed from %s at step %d", resume_from, state.step)
+
+    config_yaml = to_yaml(cfg)
+    if accelerator.is_main_process:
+        (run_dir / CONFIG_FILE).write_text(config_yaml, encoding="utf-8")
+    speed = SpeedMonitor(
+        tokens_per_step=cfg.trainer.batch_size * cfg.data.seq_len,
+        flops_per_token=flops_per_token(cfg.model, vocab_size, cfg.data.seq_len),
+        peak_flops_total=_total_peak(accelerator),
+    )
+    evaluation = Evaluation(
+        validation_batches(data.val_tokens, cfg.data.seq_len, cfg.trainer.micro_batch_size, cfg.trainer.eval_batches),
+        cfg.trainer.eval_every,
+    )
+    checkpointing = Checkpointing(cfg, ckpt_root, config_yaml, data.tokenizer)
+    log_every = cfg.trainer.log_every
+    callbacks = [speed, SpectralNormUpdate(log_every), evaluation, ConsoleProgress(), MetricsFile(run_dir / METRICS_FILE, log_every)]
+    if cfg.logger.wandb.mode != "disabled":
+        config_dict = OmegaConf.to_container(OmegaConf.structured(cfg))
+        callbacks.append(WandbLogger(cfg.logger.wandb, run_dir, config_dict, log_every))
+    callbacks.append(checkpointing)
+    if not cfg.logger.progress:
+        callbacks = [cb for cb in callbacks if not isinstance(cb, ConsoleProgress)]
+
+    trainer = Trainer(
+        accelerator=accelerator,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        train_batches=train_batches,
+        state=state,
+        max_steps=cfg.trainer.max_steps,
+        stop_at=cfg.trainer.stop_at,
+        grad_clip=cfg.trainer.grad_clip,
+        callbacks=callbacks,
+    )
+    trainer.fit()
+    summary = summarize(run_dir, cfg, trainer, speed, checkpointing)
+    if accelerator.is_main_process:
+        (run_dir / SUMMARY_FILE).write_text(json.dumps(asdict(summary), indent=2), encoding="utf-8")
+    return summary
+
+
+def locate_resume(cfg: TrainConfig, ckpt_root: Path) -> Path | None:
+    """The checkpoint to continue from, or None for a fresh start; never silently overwrites a run."""
+    if cfg.resume == "auto":
+        return ckpt.find_resumable(ckpt_root)
+    if cfg.resume == "never":
+        if ckpt.list_unmerged(ckpt_root):
+            raise ConfigError(
+                f"resume=never but {ckpt_root} already holds checkpoints; use resume=auto to continue "
+                "that run or choose a new run.dir (nothing was overwritten)"
+            )
+        return None
+    path = Path(cfg.resume)
+    ckpt.verify_checkpoint(path)
+    return path
+
+
+def resolve_vocab_size(cfg: TrainConfig, data: PreparedData) -> int:
+    """The embedding size: the config's, which must hold every tokenizer id, or the tokenizer's own."""
+    tokenizer_size = data.tokenizer.vocab_size
+    if cfg.model.vocab_size is None:
+        return tokenizer_size
+    if cfg.model.vocab_size < tokenizer_size:
+        raise ConfigError(
+            f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's vocabulary "
+            f"({tokenizer_size}, {data.tokenizer.model_path}); set model.vocab_size>={tokenizer_size} or null"
+        )
+    return cfg.model.vocab_size
+
+
+def check_compatible(checkpoint_dir: Path, cfg: TrainConfig, data: PreparedData) -> None:
+    """Refuse to resume into a different model, PC setting or tokenizer, naming what differs."""
+    saved = load_yaml(checkpoint_dir / ckpt.CONFIG)
+    differences = [
+        f"model.{f.name}: checkpoint {getattr(saved.model, f.name)!r}, now {getattr(cfg.model, f.name)!r}"
+        for f in fields(cfg.model)
+        if f.name != "name" and getattr(saved.model, f.name) != getattr(cfg.model, f.name)
+    ]
+    for key in ("degree", "targets"):
+        if getattr(saved.pc, key) != getattr(cfg.pc, key):
+            differences.append(f"pc.{key}: checkpoint {getattr(saved.pc, key)!r}, now {getattr(cfg.pc, key)!r}")
+    if (checkpoint_dir / ckpt.TOKENIZER).read_bytes() != data.tokenizer.model_path.read_bytes():
+        differences.append(f"tokenizer: {data.tokenizer.model_path} differs from the checkpoint's {ckpt.TOKENIZER}")
+    if differences:
+        raise CheckpointError(
+            f"cannot resume from {checkpoint_dir}: it was written for a different run\n  "
+            + "\n  ".join(differences)
+            + "\nUse the checkpoint's settings, or start a new run with another run.dir (nothing was overwritten)."
+        )
+
+
+def restore(accelerator: Accelerator, checkpoint_dir: Path, train_batches: PackedBatches) -> TrainState:
+    """Load model, optimizer, scheduler and RNG via accelerate, then the data position and counters."""
+    state = TrainState.from_dict(ckpt.read_trainer_state(checkpoint_dir))
+    try:
+        train_batches.load_state_dict(state.data)
+    except ValueError as exc:
+        raise CheckpointError(f"cannot resume from {checkpoint_dir}: {exc}") from exc
+    accelerator.load_state(str(checkpoint_dir))
+    return state
+
+
+def summarize(
+    run_dir: Path, cfg: TrainConfig, trainer: Trainer, speed: SpeedMonitor, checkpointing: Checkpointing
+) -> RunSummary:
+    records = read_metrics(run_dir / METRICS_FILE)
+    losses = [r["loss"] for r in records if "loss" in r]
+    val_losses = [r["val_loss"] for r in records if "val_loss" in r]
+    return RunSummary(
+        run_dir=str(run_dir),
+        step=trainer.state.step,
+        max_steps=cfg.trainer.max_steps,
+        train_loss=losses[-1] if losses else None,
+        val_loss=val_losses[-1] if val_losses else None,
+        tokens=trainer.state.tokens,
+        tokens_per_s=speed.mean_tokens_per_s,
+        checkpoint=str(checkpointing.saved["unmerged"]) if "unmerged" in checkpointing.saved else None,
+        merged_model=str(checkpointing.saved["merged"]) if "merged" in checkpointing.saved else None,
+    )
+
+
+def _total_peak(accelerator: Accelerator) -> float | None:
+    peak = peak_flops(accelerator.device)
+    return peak * accelerator.num_processes if peak else None

@@ -1,0 +1,45 @@
+"""Helpers shared by tests: where the shared data is, tiny CLI overrides, running the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / "shared"
+
+# Small enough that a CLI run takes seconds on a 2-core CPU.
+TINY_OVERRIDES = [
+    "model=tiny",
+    "data.seq_len=64",
+    "data.tokenizer.vocab_size=512",
+    "trainer.batch_size=8",
+    "trainer.micro_batch_size=4",
+    "trainer.eval_every=0",
+    "trainer.eval_batches=2",
+    "scheduler.warmup_steps=2",
+    "optimizer.lr=3e-3",
+    "logger.progress=false",
+]
+
+
+def run_cli(*args: str, expect_ok: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``pcpretrain`` in a subprocess exactly as a user would."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pcpretrain", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    if expect_ok and result.returncode != 0:
+        raise AssertionError(f"pcpretrain {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

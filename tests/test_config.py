@@ -1,0 +1,92 @@
+"""Config composition: groups, typed schema, validation messages, paper shapes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+
+from pcpretrain.config import ConfigError, TrainConfig, load_yaml, register_configs, to_train_config, to_yaml, validate
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "pcpretrain" / "configs"
+
+
+def composed(*overrides: str) -> TrainConfig:
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return to_train_config(compose(config_name="train", overrides=list(overrides)))
+
+
+def test_default_is_the_embedded_debug_run_with_pc_degree_4_and_adamw() -> None:
+    cfg = composed()
+    validate(cfg)
+    assert (cfg.model.name, cfg.pc.degree, cfg.optimizer.name, cfg.data.source) == ("debug", 4, "adamw", "sample")
+    assert cfg.resume == "auto"
+
+
+@pytest.mark.parametrize(
+    ("name", "shape"),
+    [("1B", (2048, 18, 16, 5632, 32000)), ("271M", (1024, 16, 16, 2816, 32000))],
+)
+def test_paper_model_shapes(name: str, shape: tuple) -> None:
+    m = composed(f"model={name}").model
+    assert (m.hidden_size, m.num_layers, m.num_heads, m.intermediate_size, m.vocab_size) == shape
+    assert m.rope_theta == 10000.0
+
+
+def test_overrides_reach_the_typed_config() -> None:
+    cfg = composed("pc.degree=2", "trainer.max_steps=50", "trainer.stop_at=20", "checkpoint.every=5", "run.dir=x")
+    assert (cfg.pc.degree, cfg.trainer.max_steps, cfg.trainer.stop_at, cfg.checkpoint.every) == (2, 50, 20, 5)
+    assert cfg.run.dir == "x"
+
+
+def test_unknown_key_is_rejected_naming_the_key() -> None:
+    with pytest.raises(ConfigCompositionException, match="trainer.max_stepz"):
+        composed("trainer.max_stepz=3")
+
+
+def test_unknown_group_option_lists_the_available_ones() -> None:
+    with pytest.raises(ConfigCompositionException, match="adamw"):
+        composed("optimizer=sgd")
+
+
+def test_ill_typed_value_is_rejected() -> None:
+    with pytest.raises(ConfigCompositionException, match="pc.degree"):
+        composed("pc.degree=four")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("pc.degree=7", r"pc.degree=7 is not allowed; choose one of 0, 1, 2, 3, 4"),
+        ("trainer.precision=fp8", r"trainer.precision='fp8' is not allowed; choose one of auto, fp32, bf16"),
+        ("trainer.stop_at=500", r"trainer.stop_at=500 must lie in \[1, trainer.max_steps=100\]"),
+        ("trainer.batch_size=12", r"trainer.batch_size=12 must be a multiple of trainer.micro_batch_size=8"),
+        ("checkpoint.final_forms=[zipped]", r"checkpoint.final_forms='zipped' is not allowed"),
+        ("logger.wandb.mode=sometimes", r"logger.wandb.mode='sometimes' is not allowed; choose one of online"),
+        ("optimizer.betas=[0.9]", r"optimizer.betas=\[0.9\] must be two numbers"),
+        ("data.seq_len=4096", r"data.seq_len=4096 exceeds model.max_seq_len=1024"),
+        ("data=files", r"data.train_files is empty"),
+        ("resume=/no/such/dir", r"resume='/no/such/dir': no such checkpoint directory"),
+    ],
+)
+def test_invalid_values_name_key_and_allowed_values(override: str, message: str) -> None:
+    cfg = composed(override)
+    with pytest.raises(ConfigError, match=message):
+        validate(cfg)
+
+
+def test_saved_yaml_round_trips(tmp_path: Path) -> None:
+    cfg = composed("pc.degree=3", "model=tiny")
+    path = tmp_path / "config.yaml"
+    path.write_text(to_yaml(cfg))
+    assert load_yaml(path) == cfg
+
+
+def test_damaged_saved_yaml_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("model:\n  hidden_sise: 3\n")
+    with pytest.raises(ConfigError, match=str(path)):
+        load_yaml(path)
