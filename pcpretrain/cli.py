@@ -40,7 +40,8 @@ def train_command(overrides: list[str]) -> int:
     from pcpretrain.config import register_configs
 
     register_configs()
-    task = hydra.main(config_path="configs", config_name="train", version_base="1.3")(_train_task)
+    config_dir = str(Path(__file__).resolve().parent / "configs")
+    task = hydra.main(config_path=config_dir, config_name="train", version_base="1.3")(_train_task)
     saved_argv = sys.argv
     sys.argv = ["pcpretrain-train", *overrides]
     try:
@@ -75,9 +76,12 @@ def _train_task(dict_cfg) -> None:
 def export_command(args: list[str]) -> int:
     """Merged export of an unmerged checkpoint."""
     parser = argparse.ArgumentParser(
-        prog="pcpretrain export", description="Write the merged (plain Hugging Face Llama) form of a checkpoint."
+        prog="pcpretrain export",
+        description="Write the merged (plain Hugging Face Llama) form of a checkpoint.",
     )
-    parser.add_argument("checkpoint", type=Path, help="an unmerged checkpoint directory (checkpoints/step_XXXXXXXX)")
+    parser.add_argument(
+        "checkpoint", type=Path, help="an unmerged checkpoint directory (checkpoints/step_XXXXXXXX)"
+    )
     parser.add_argument("out_dir", type=Path, help="where to write the Hugging Face model directory")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty out_dir")
     ns = parser.parse_args(args)

@@ -198,7 +198,9 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
     _choice("pc.degree", cfg.pc.degree, PC_DEGREES)
     _positive("pc.power_iters", cfg.pc.power_iters)
     if cfg.pc.degree and not cfg.pc.targets:
-        raise ConfigError("pc.targets is empty; give module-name patterns such as '*.mlp.up_proj' or set pc.degree=0")
+        raise ConfigError(
+            "pc.targets is empty; give module-name patterns such as '*.mlp.up_proj' or set pc.degree=0"
+        )
     _choice("optimizer", cfg.optimizer.name, OPTIMIZERS)
     _positive("optimizer.lr", cfg.optimizer.lr)
     _positive("optimizer.eps", cfg.optimizer.eps)
@@ -215,7 +217,9 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
     _validate_checkpoint(cfg)
     _choice("logger.wandb.mode", cfg.logger.wandb.mode, WANDB_MODES)
     if cfg.resume not in ("auto", "never") and not Path(cfg.resume).exists():
-        raise ConfigError(f"resume={cfg.resume!r}: no such checkpoint directory; use auto, never or a checkpoint path")
+        raise ConfigError(
+            f"resume={cfg.resume!r}: no such checkpoint directory; use auto, never or a checkpoint path"
+        )
 
 
 def _validate_model(cfg: TrainConfig) -> None:
@@ -225,7 +229,9 @@ def _validate_model(cfg: TrainConfig) -> None:
     if m.vocab_size is not None:
         _positive("model.vocab_size", m.vocab_size)
     if m.hidden_size % m.num_heads:
-        raise ConfigError(f"model.hidden_size={m.hidden_size} must be divisible by model.num_heads={m.num_heads}")
+        raise ConfigError(
+            f"model.hidden_size={m.hidden_size} must be divisible by model.num_heads={m.num_heads}"
+        )
     if m.num_kv_heads is not None and (m.num_kv_heads <= 0 or m.num_heads % m.num_kv_heads):
         raise ConfigError(f"model.num_kv_heads={m.num_kv_heads} must divide model.num_heads={m.num_heads}")
 

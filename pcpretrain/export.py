@@ -50,7 +50,9 @@ def export_checkpoint(checkpoint_dir: Path, out_dir: Path, overwrite: bool = Fal
     """Merged form of an unmerged checkpoint; refuses to replace a non-empty ``out_dir`` unless asked."""
     ckpt.verify_checkpoint(checkpoint_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise CheckpointError(f"{out_dir} exists and is not empty; choose another directory or pass --overwrite")
+        raise CheckpointError(
+            f"{out_dir} exists and is not empty; choose another directory or pass --overwrite"
+        )
     weights = checkpoint_dir / "model.safetensors"
     if not weights.is_file():
         raise CheckpointError(f"{checkpoint_dir}: no model.safetensors (was it written by a sharded engine?)")
@@ -60,12 +62,16 @@ def export_checkpoint(checkpoint_dir: Path, out_dir: Path, overwrite: bool = Fal
         raise CheckpointError(str(exc)) from exc
     tokenizer = Tokenizer.load(checkpoint_dir / ckpt.TOKENIZER)
     return write_merged_model(
-        load_file(str(weights)), model_cfg=cfg.model, pc_degree=cfg.pc.degree, tokenizer=tokenizer, out_dir=out_dir
+        load_file(str(weights)),
+        model_cfg=cfg.model,
+        pc_degree=cfg.pc.degree,
+        tokenizer=tokenizer,
+        out_dir=out_dir,
     )
 
 
 def _strip_wrappers(name: str) -> str:
     for prefix in _WRAPPER_PREFIXES:
         while name.startswith(prefix):
-            name = name[len(prefix):]
+            name = name[len(prefix) :]
     return name

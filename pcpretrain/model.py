@@ -11,7 +11,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from pcpretrain.config import ModelConfig
 
 
-def llama_config(cfg: ModelConfig, vocab_size: int, bos_id: int | None = 1, eos_id: int | None = 2) -> LlamaConfig:
+def llama_config(
+    cfg: ModelConfig, vocab_size: int, bos_id: int | None = 1, eos_id: int | None = 2
+) -> LlamaConfig:
     """The Hugging Face config for ``cfg``: untied embeddings, RoPE theta from config, SDPA attention."""
     return LlamaConfig(
         vocab_size=vocab_size,
@@ -31,7 +33,9 @@ def llama_config(cfg: ModelConfig, vocab_size: int, bos_id: int | None = 1, eos_
     )
 
 
-def build_model(cfg: ModelConfig, vocab_size: int, bos_id: int | None = 1, eos_id: int | None = 2) -> LlamaForCausalLM:
+def build_model(
+    cfg: ModelConfig, vocab_size: int, bos_id: int | None = 1, eos_id: int | None = 2
+) -> LlamaForCausalLM:
     """A freshly initialised Llama (initialisation follows the global torch RNG)."""
     hf_config = llama_config(cfg, vocab_size, bos_id, eos_id)
     hf_config._attn_implementation = "sdpa"

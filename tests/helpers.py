@@ -36,10 +36,31 @@ def run_cli(*args: str, expect_ok: bool = True, timeout: int = 600) -> subproces
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     if expect_ok and result.returncode != 0:
-        raise AssertionError(f"pcpretrain {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        raise AssertionError(
+            f"pcpretrain {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
     return result
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def compose_config(*overrides: str):
+    """The typed config that ``pcpretrain train <overrides>`` would run with (no Hydra run dir)."""
+    from hydra import compose, initialize_config_dir
+
+    from pcpretrain.config import register_configs, to_train_config
+
+    register_configs()
+    config_dir = REPO_ROOT / "pcpretrain" / "configs"
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        return to_train_config(compose(config_name="train", overrides=list(overrides)))
+
+
+def tiny_config(run_dir: Path, *overrides: str):
+    """A tiny run in ``run_dir`` for in-process tests of the training path."""
+    cfg = compose_config(*TINY_OVERRIDES, *overrides)
+    cfg.run.dir = str(run_dir)
+    return cfg

@@ -5,24 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from helpers import compose_config as composed
 from hydra.errors import ConfigCompositionException
 
-from pcpretrain.config import ConfigError, TrainConfig, load_yaml, register_configs, to_train_config, to_yaml, validate
-
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "pcpretrain" / "configs"
-
-
-def composed(*overrides: str) -> TrainConfig:
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return to_train_config(compose(config_name="train", overrides=list(overrides)))
+from pcpretrain.config import ConfigError, load_yaml, to_yaml, validate
 
 
 def test_default_is_the_embedded_debug_run_with_pc_degree_4_and_adamw() -> None:
     cfg = composed()
     validate(cfg)
-    assert (cfg.model.name, cfg.pc.degree, cfg.optimizer.name, cfg.data.source) == ("debug", 4, "adamw", "sample")
+    assert (cfg.model.name, cfg.pc.degree, cfg.optimizer.name, cfg.data.source) == (
+        "debug",
+        4,
+        "adamw",
+        "sample",
+    )
     assert cfg.resume == "auto"
 
 
@@ -37,7 +34,9 @@ def test_paper_model_shapes(name: str, shape: tuple) -> None:
 
 
 def test_overrides_reach_the_typed_config() -> None:
-    cfg = composed("pc.degree=2", "trainer.max_steps=50", "trainer.stop_at=20", "checkpoint.every=5", "run.dir=x")
+    cfg = composed(
+        "pc.degree=2", "trainer.max_steps=50", "trainer.stop_at=20", "checkpoint.every=5", "run.dir=x"
+    )
     assert (cfg.pc.degree, cfg.trainer.max_steps, cfg.trainer.stop_at, cfg.checkpoint.every) == (2, 50, 20, 5)
     assert cfg.run.dir == "x"
 
@@ -65,7 +64,10 @@ def test_ill_typed_value_is_rejected() -> None:
         ("trainer.stop_at=500", r"trainer.stop_at=500 must lie in \[1, trainer.max_steps=100\]"),
         ("trainer.batch_size=12", r"trainer.batch_size=12 must be a multiple of trainer.micro_batch_size=8"),
         ("checkpoint.final_forms=[zipped]", r"checkpoint.final_forms='zipped' is not allowed"),
-        ("logger.wandb.mode=sometimes", r"logger.wandb.mode='sometimes' is not allowed; choose one of online"),
+        (
+            "logger.wandb.mode=sometimes",
+            r"logger.wandb.mode='sometimes' is not allowed; choose one of online",
+        ),
         ("optimizer.betas=[0.9]", r"optimizer.betas=\[0.9\] must be two numbers"),
         ("data.seq_len=4096", r"data.seq_len=4096 exceeds model.max_seq_len=1024"),
         ("data=files", r"data.train_files is empty"),

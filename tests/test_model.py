@@ -8,7 +8,9 @@ from transformers import LlamaForCausalLM
 from pcpretrain.config import ModelConfig
 from pcpretrain.model import build_model, flops_per_token, parameter_counts
 
-TINY = ModelConfig(name="tiny", hidden_size=64, intermediate_size=176, num_layers=2, num_heads=4, max_seq_len=128)
+TINY = ModelConfig(
+    name="tiny", hidden_size=64, intermediate_size=176, num_layers=2, num_heads=4, max_seq_len=128
+)
 
 
 def test_builds_a_plain_llama_with_untied_embeddings_rope_10000_and_sdpa() -> None:

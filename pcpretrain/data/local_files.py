@@ -50,7 +50,9 @@ def resolve_files(paths: Sequence[str | Path]) -> list[Path]:
         for path in _expand(str(entry)):
             if path.suffix.lower() not in BUILDERS:
                 supported = ", ".join(sorted(BUILDERS))
-                raise ValueError(f"unsupported file type {path.suffix or '(none)'!r} for {path}; use {supported}")
+                raise ValueError(
+                    f"unsupported file type {path.suffix or '(none)'!r} for {path}; use {supported}"
+                )
             files.append(path)
     return files
 

@@ -59,6 +59,10 @@ def prepare_data(cfg: DataConfig) -> PreparedData:
     val_tokens = pack_documents(tokenizer.encode_batch(val_docs), bos, eos, tokenizer.vocab_size)
     log.info(
         "data: %d train documents (%d tokens), %d validation documents (%d tokens), vocab %d",
-        len(train_docs), len(train_tokens), len(val_docs), len(val_tokens), tokenizer.vocab_size,
+        len(train_docs),
+        len(train_tokens),
+        len(val_docs),
+        len(val_tokens),
+        tokenizer.vocab_size,
     )
     return PreparedData(tokenizer, train_tokens, val_tokens)

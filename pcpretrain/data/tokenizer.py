@@ -13,9 +13,12 @@ import os
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sentencepiece as spm
+
+if TYPE_CHECKING:  # transformers is imported lazily: it takes seconds and only export needs it
+    from transformers import LlamaTokenizer
 
 HF_MODEL_FILE = "tokenizer.model"
 
@@ -108,6 +111,7 @@ class Tokenizer:
         merge last as in SentencePiece. Ids then agree with `encode` for text that does not start
         with a space; for text that does, the Hugging Face Llama pre-tokenizer omits the dummy
         prefix that SentencePiece adds (a transformers behaviour, the same for the Hub's Llama-2).
+        Meant for BPE models (those trained here, Llama-2); a unigram model would need other merges.
         """
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -118,7 +122,7 @@ class Tokenizer:
             _copy_atomic(self._model_path, model_copy)
         return sorted({*written, model_copy})
 
-    def to_hf(self) -> Any:
+    def to_hf(self) -> LlamaTokenizer:
         """The equivalent `transformers.LlamaTokenizer` (BOS added by default, no EOS, no pad)."""
         from transformers import LlamaTokenizer
 

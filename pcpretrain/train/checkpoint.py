@@ -94,7 +94,9 @@ def save_unmerged(
     with atomic_directory(final, accelerator) as tmp:
         accelerator.save_state(str(tmp))
         if accelerator.is_main_process:
-            (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2, sort_keys=True), encoding="utf-8")
+            (tmp / TRAINER_STATE).write_text(
+                json.dumps(trainer_state, indent=2, sort_keys=True), encoding="utf-8"
+            )
             (tmp / CONFIG).write_text(config_yaml, encoding="utf-8")
             shutil.copyfile(tokenizer_model, tmp / TOKENIZER)
         accelerator.wait_for_everyone()
@@ -132,10 +134,9 @@ def verify_checkpoint(directory: Path) -> None:
         path = directory / name
         if not path.is_file():
             raise CheckpointError(f"{directory}: damaged checkpoint, file {name} is missing")
-        if path.stat().st_size != entry["size"]:
-            raise CheckpointError(
-                f"{directory}: damaged checkpoint, {name} has {path.stat().st_size} bytes, expected {entry['size']}"
-            )
+        size = path.stat().st_size
+        if size != entry["size"]:
+            raise CheckpointError(f"{directory}: damaged checkpoint, {name} has {size} bytes, expected {entry['size']}")
         if "sha256" in entry and _sha256(path) != entry["sha256"]:
             raise CheckpointError(f"{directory}: damaged checkpoint, {name} does not match its checksum")
 
@@ -170,8 +171,11 @@ def find_resumable(root: Path) -> Path | None:
         return directory
     if candidates:
         raise CheckpointError(
-            "no usable checkpoint in " + str(root) + ":\n  " + "\n  ".join(problems) +
-            "\nRepair or remove them, or start a new run with another run.dir."
+            "no usable checkpoint in "
+            + str(root)
+            + ":\n  "
+            + "\n  ".join(problems)
+            + "\nRepair or remove them, or start a new run with another run.dir."
         )
     return None
 

@@ -116,12 +116,20 @@ def run_training(cfg: TrainConfig, run_dir: Path) -> RunSummary:
         peak_flops_total=_total_peak(accelerator),
     )
     evaluation = Evaluation(
-        validation_batches(data.val_tokens, cfg.data.seq_len, cfg.trainer.micro_batch_size, cfg.trainer.eval_batches),
+        validation_batches(
+            data.val_tokens, cfg.data.seq_len, cfg.trainer.micro_batch_size, cfg.trainer.eval_batches
+        ),
         cfg.trainer.eval_every,
     )
     checkpointing = Checkpointing(cfg, ckpt_root, config_yaml, data.tokenizer)
     log_every = cfg.trainer.log_every
-    callbacks = [speed, SpectralNormUpdate(log_every), evaluation, ConsoleProgress(), MetricsFile(run_dir / METRICS_FILE, log_every)]
+    callbacks = [
+        speed,
+        SpectralNormUpdate(log_every),
+        evaluation,
+        ConsoleProgress(),
+        MetricsFile(run_dir / METRICS_FILE, log_every),
+    ]
     if cfg.logger.wandb.mode != "disabled":
         config_dict = OmegaConf.to_container(OmegaConf.structured(cfg))
         callbacks.append(WandbLogger(cfg.logger.wandb, run_dir, config_dict, log_every))
@@ -187,14 +195,19 @@ def check_compatible(checkpoint_dir: Path, cfg: TrainConfig, data: PreparedData)
     ]
     for key in ("degree", "targets"):
         if getattr(saved.pc, key) != getattr(cfg.pc, key):
-            differences.append(f"pc.{key}: checkpoint {getattr(saved.pc, key)!r}, now {getattr(cfg.pc, key)!r}")
+            differences.append(
+                f"pc.{key}: checkpoint {getattr(saved.pc, key)!r}, now {getattr(cfg.pc, key)!r}"
+            )
     if (checkpoint_dir / ckpt.TOKENIZER).read_bytes() != data.tokenizer.model_path.read_bytes():
-        differences.append(f"tokenizer: {data.tokenizer.model_path} differs from the checkpoint's {ckpt.TOKENIZER}")
+        differences.append(
+            f"tokenizer: {data.tokenizer.model_path} differs from the checkpoint's {ckpt.TOKENIZER}"
+        )
     if differences:
         raise CheckpointError(
             f"cannot resume from {checkpoint_dir}: it was written for a different run\n  "
             + "\n  ".join(differences)
-            + "\nUse the checkpoint's settings, or start a new run with another run.dir (nothing was overwritten)."
+            + "\nUse the checkpoint's settings, or start a new run with another run.dir "
+            "(nothing was overwritten)."
         )
 
 

@@ -20,4 +20,6 @@ class TrainState:
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> TrainState:
-        return cls(**{key: payload[key] for key in ("step", "tokens", "wandb_run_id", "data") if key in payload})
+        return cls(
+            **{key: payload[key] for key in ("step", "tokens", "wandb_run_id", "data") if key in payload}
+        )

@@ -86,7 +86,10 @@ class Trainer:
         for index, windows in enumerate(micro_batches):
             windows = windows.to(self.accelerator.device, non_blocking=True)
             is_last = index == len(micro_batches) - 1
-            with nullcontext() if is_last else self.accelerator.no_sync(self.model), self.accelerator.autocast():
+            with (
+                nullcontext() if is_last else self.accelerator.no_sync(self.model),
+                self.accelerator.autocast(),
+            ):
                 loss = causal_lm_loss(self.model, windows)
                 self.accelerator.backward(loss / len(micro_batches))
             loss_sum += loss.detach()

@@ -74,7 +74,11 @@ class Checkpointing(Callback):
         out = ckpt.merged_dir(self.root, trainer.state.step)
         if trainer.accelerator.is_main_process:
             write_merged_model(
-                state_dict, model_cfg=self.cfg.model, pc_degree=self.cfg.pc.degree, tokenizer=self.tokenizer, out_dir=out
+                state_dict,
+                model_cfg=self.cfg.model,
+                pc_degree=self.cfg.pc.degree,
+                tokenizer=self.tokenizer,
+                out_dir=out,
             )
             log.info("saved merged model %s", out)
         trainer.accelerator.wait_for_everyone()

@@ -24,7 +24,9 @@ class Evaluation(Callback):
 
     def due(self, trainer: Trainer) -> bool:
         step = trainer.state.step
-        return bool(self.batches) and ((self.every > 0 and step % self.every == 0) or trainer.schedule_finished)
+        return bool(self.batches) and (
+            (self.every > 0 and step % self.every == 0) or trainer.schedule_finished
+        )
 
     def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         if self.due(trainer):

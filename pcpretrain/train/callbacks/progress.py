@@ -51,7 +51,9 @@ class ConsoleProgress(Callback):
         if now - self._last_line >= self.line_interval_s or trainer.at_last_step or "val_loss" in metrics:
             self._last_line = now
             text = " ".join(f"{key}={value}" for key, value in fields.items())
-            log.info("step %d/%d %s eta=%s", trainer.state.step, trainer.last_step, text, self._eta(trainer, now))
+            log.info(
+                "step %d/%d %s eta=%s", trainer.state.step, trainer.last_step, text, self._eta(trainer, now)
+            )
 
     def _eta(self, trainer: Trainer, now: float) -> str:
         done = trainer.state.step - self._first_step

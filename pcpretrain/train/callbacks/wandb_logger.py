@@ -27,19 +27,18 @@ class WandbLogger(Callback):
             return
         import wandb
 
-        run_id = trainer.state.wandb_run_id or wandb.util.generate_id()
-        trainer.state.wandb_run_id = run_id
         self.run = wandb.init(
             project=self.cfg.project,
             entity=self.cfg.entity,
             name=self.cfg.name or self.run_dir.name,
             tags=list(self.cfg.tags),
-            id=run_id,
+            id=trainer.state.wandb_run_id,
             resume="allow",
             mode=self.cfg.mode,
             dir=str(self.run_dir),
             config=self.config,
         )
+        trainer.state.wandb_run_id = self.run.id
 
     def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         if self.run is not None and is_log_step(trainer, metrics, self.log_every):

@@ -1,0 +1,113 @@
+"""The training path in-process: exact resume, failure handling, refusing unsafe resumes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers import tiny_config
+
+from pcpretrain.config import ConfigError
+from pcpretrain.train import checkpoint as ckpt
+from pcpretrain.train import trainer as trainer_module
+from pcpretrain.train.errors import CheckpointError, NonFiniteLossError
+from pcpretrain.train.run import run_training
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return {record["step"]: record["loss"] for record in map(json.loads, lines)}
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("straight")
+    run_training(tiny_config(run_dir, "trainer.max_steps=6", "checkpoint.every=2"), run_dir)
+    return run_dir
+
+
+def test_damaged_newest_checkpoint_is_skipped_and_the_run_still_ends_identically(
+    straight_run: Path, tmp_path: Path
+) -> None:
+    run_training(
+        tiny_config(tmp_path, "trainer.max_steps=6", "checkpoint.every=2", "trainer.stop_at=4"), tmp_path
+    )
+    newest = ckpt.unmerged_dir(tmp_path / "checkpoints", 4)
+    (newest / "optimizer.bin").write_bytes(b"torn write")
+    summary = run_training(tiny_config(tmp_path, "trainer.max_steps=6", "checkpoint.every=2"), tmp_path)
+    assert summary.step == 6
+    assert losses(tmp_path) == losses(straight_run)
+    ckpt.verify_checkpoint(ckpt.unmerged_dir(tmp_path / "checkpoints", 4))
+
+
+def test_non_finite_loss_stops_without_touching_the_last_good_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_loss = trainer_module.causal_lm_loss
+    calls = {"n": 0}
+
+    def loss_that_explodes_at_step_3(model, windows):
+        calls["n"] += 1
+        loss = real_loss(model, windows)
+        return loss * float("nan") if calls["n"] > 4 else loss  # 2 micro-batches per step
+
+    monkeypatch.setattr(trainer_module, "causal_lm_loss", loss_that_explodes_at_step_3)
+    with pytest.raises(NonFiniteLossError, match="step 3"):
+        run_training(tiny_config(tmp_path, "trainer.max_steps=6", "checkpoint.every=2"), tmp_path)
+    root = tmp_path / "checkpoints"
+    assert [p.name for p in root.iterdir()] == ["step_00000002"]
+    ckpt.verify_checkpoint(root / "step_00000002")
+    assert max(losses(tmp_path)) == 2
+
+
+def test_resuming_into_a_different_model_shape_is_refused_and_nothing_is_overwritten(
+    straight_run: Path, tmp_path: Path
+) -> None:
+    run_training(tiny_config(tmp_path, "trainer.max_steps=6", "trainer.stop_at=2"), tmp_path)
+    before = snapshot(tmp_path)
+    with pytest.raises(CheckpointError, match=r"model.hidden_size: checkpoint 64, now 32"):
+        run_training(tiny_config(tmp_path, "trainer.max_steps=6", "model.hidden_size=32"), tmp_path)
+    with pytest.raises(CheckpointError, match=r"pc.degree: checkpoint 4, now 2"):
+        run_training(tiny_config(tmp_path, "trainer.max_steps=6", "pc.degree=2"), tmp_path)
+    assert snapshot(tmp_path) == before
+
+
+def test_resume_never_refuses_a_directory_with_checkpoints(tmp_path: Path) -> None:
+    run_training(tiny_config(tmp_path, "trainer.max_steps=2"), tmp_path)
+    before = snapshot(tmp_path)
+    with pytest.raises(ConfigError, match="resume=never"):
+        run_training(tiny_config(tmp_path, "trainer.max_steps=2", "resume=never"), tmp_path)
+    assert snapshot(tmp_path) == before
+
+
+def test_changed_batch_geometry_on_resume_is_a_clear_error(tmp_path: Path) -> None:
+    run_training(tiny_config(tmp_path, "trainer.max_steps=4", "trainer.stop_at=2"), tmp_path)
+    with pytest.raises(CheckpointError, match="micro_batch_size"):
+        run_training(tiny_config(tmp_path, "trainer.max_steps=4", "trainer.micro_batch_size=2"), tmp_path)
+
+
+def test_model_vocabulary_smaller_than_the_tokenizer_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(
+        ConfigError, match=r"model.vocab_size=100 is smaller than the tokenizer's vocabulary \(512"
+    ):
+        run_training(tiny_config(tmp_path, "model.vocab_size=100"), tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_wandb_run_id_is_kept_in_the_checkpoint_and_reused_on_resume(tmp_path: Path) -> None:
+    pytest.importorskip("wandb")
+    common = ("trainer.max_steps=4", "logger.wandb.mode=offline")
+    run_training(tiny_config(tmp_path, *common, "trainer.stop_at=2"), tmp_path)
+    first = ckpt.read_trainer_state(ckpt.unmerged_dir(tmp_path / "checkpoints", 2))["wandb_run_id"]
+    assert first
+    run_training(tiny_config(tmp_path, *common), tmp_path)
+    second = ckpt.read_trainer_state(ckpt.unmerged_dir(tmp_path / "checkpoints", 4))["wandb_run_id"]
+    assert second == first
+    assert sorted(p.name.split("-")[-1] for p in (tmp_path / "wandb").glob("offline-run-*")) == [first, first]
