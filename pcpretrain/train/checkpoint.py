@@ -134,9 +134,9 @@ def verify_checkpoint(directory: Path) -> None:
         path = directory / name
         if not path.is_file():
             raise CheckpointError(f"{directory}: damaged checkpoint, file {name} is missing")
-        size = path.stat().st_size
-        if size != entry["size"]:
-            raise CheckpointError(f"{directory}: damaged checkpoint, {name} has {size} bytes, expected {entry['size']}")
+        size, expected = path.stat().st_size, entry["size"]
+        if size != expected:
+            raise CheckpointError(f"{directory}: damaged checkpoint, {name} has {size} bytes, expected {expected}")
         if "sha256" in entry and _sha256(path) != entry["sha256"]:
             raise CheckpointError(f"{directory}: damaged checkpoint, {name} does not match its checksum")
 
