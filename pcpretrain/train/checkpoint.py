@@ -136,7 +136,7 @@ def verify_checkpoint(directory: Path) -> None:
             raise CheckpointError(f"{directory}: damaged checkpoint, file {name} is missing")
         size, expected = path.stat().st_size, entry["size"]
         if size != expected:
-            raise CheckpointError(f"{directory}: damaged checkpoint, {name} has {size} bytes, expected {expected}")
+            raise CheckpointError(f"{directory}: damaged checkpoint, {name} has {size} bytes, not {expected}")
         if "sha256" in entry and _sha256(path) != entry["sha256"]:
             raise CheckpointError(f"{directory}: damaged checkpoint, {name} does not match its checksum")
 

@@ -43,7 +43,7 @@ def test_rewriting_a_step_replaces_it_whole(tmp_path: Path) -> None:
     [
         (lambda d: (d / ckpt.MANIFEST).unlink(), "incomplete checkpoint"),
         (lambda d: (d / "model.safetensors").unlink(), "file model.safetensors is missing"),
-        (lambda d: (d / "model.safetensors").write_bytes(b"short"), "has 5 bytes, expected 1024"),
+        (lambda d: (d / "model.safetensors").write_bytes(b"short"), "has 5 bytes, not 1024"),
         (lambda d: (d / "model.safetensors").write_bytes(bytes(1024)), "does not match its checksum"),
         (lambda d: (d / ckpt.MANIFEST).write_text("{not json"), "unreadable manifest"),
     ],
@@ -59,7 +59,7 @@ def test_size_only_manifest_still_catches_truncation(tmp_path: Path) -> None:
     path = fake_checkpoint(tmp_path, 4, checksums=False)
     ckpt.verify_checkpoint(path)
     (path / "model.safetensors").write_bytes(b"x")
-    with pytest.raises(CheckpointError, match="expected 1024"):
+    with pytest.raises(CheckpointError, match="not 1024"):
         ckpt.verify_checkpoint(path)
 
 
