@@ -38,8 +38,10 @@ def train_command(overrides: list[str]) -> int:
     import hydra
 
     from pcpretrain.config import register_configs
+    from pcpretrain.sweep import register_sweep_resolver
 
     register_configs()
+    register_sweep_resolver(overrides)
     config_dir = str(Path(__file__).resolve().parent / "configs")
     task = hydra.main(config_path=config_dir, config_name="train", version_base="1.3")(_train_task)
     saved_argv = sys.argv

@@ -42,8 +42,8 @@ class ModelConfig:
 
     name: str = "debug"
     vocab_size: int | None = None
-    hidden_size: int = 256
-    intermediate_size: int = 688
+    hidden_size: int = 192
+    intermediate_size: int = 512
     num_layers: int = 4
     num_heads: int = 4
     num_kv_heads: int | None = None

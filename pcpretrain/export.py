@@ -61,12 +61,11 @@ def export_checkpoint(checkpoint_dir: Path, out_dir: Path, overwrite: bool = Fal
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from exc
     tokenizer = Tokenizer.load(checkpoint_dir / ckpt.TOKENIZER)
+    # safetensors hands out tensors at arbitrary byte offsets and BLAS picks alignment-dependent
+    # kernels; fresh copies make this merge bit-identical to the one written during training.
+    state_dict = {name: tensor.clone() for name, tensor in load_file(str(weights)).items()}
     return write_merged_model(
-        load_file(str(weights)),
-        model_cfg=cfg.model,
-        pc_degree=cfg.pc.degree,
-        tokenizer=tokenizer,
-        out_dir=out_dir,
+        state_dict, model_cfg=cfg.model, pc_degree=cfg.pc.degree, tokenizer=tokenizer, out_dir=out_dir
     )
 
 
