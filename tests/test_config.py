@@ -96,5 +96,5 @@ def test_damaged_saved_yaml_names_the_file(tmp_path: Path) -> None:
 
 def test_quickstart_recipe_sets_the_small_model_learning_rate_and_can_be_dropped() -> None:
     assert composed().optimizer.lr == 2e-3
-    assert composed("experiment=null").optimizer.lr == 3e-4
+    assert composed("~experiment").optimizer.lr == 3e-4
     assert composed("optimizer.lr=1e-3").optimizer.lr == 1e-3
