@@ -57,14 +57,16 @@ def _train_task(dict_cfg) -> None:
     """One run (or one sweep point): typed config, run directory from Hydra, train, print the summary."""
     from hydra.core.hydra_config import HydraConfig
 
-    from pcpretrain.config import ConfigError, to_train_config
+    from pcpretrain.config import ConfigError, to_train_config, validate
     from pcpretrain.train.errors import TrainingError
-    from pcpretrain.train.run import run_training
 
     try:
         cfg = to_train_config(dict_cfg)
         run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
         cfg.run.dir = str(run_dir)
+        validate(cfg)  # before the heavy imports below, so bad input fails in a second
+        from pcpretrain.train.run import run_training
+
         summary = run_training(cfg, run_dir)
     except ConfigError as exc:
         print(f"pcpretrain: configuration error: {exc}", file=sys.stderr)

@@ -36,12 +36,16 @@ class Evaluation(Callback):
 
 @torch.no_grad()
 def evaluate(trainer: Trainer, batches: Sequence[torch.Tensor]) -> float:
-    """Mean loss over ``batches``; every window has the same length, so this is the token mean."""
+    """Token-mean loss over ``batches`` (windows share one length, so weighting by window count suffices)."""
     model, accelerator = trainer.model, trainer.accelerator
     model.eval()
-    total = torch.zeros((), device=accelerator.device)
+    totals = torch.zeros(2, device=accelerator.device)
     for windows in batches:
         with accelerator.autocast():
-            total += causal_lm_loss(model, windows.to(accelerator.device))
+            loss = causal_lm_loss(model, windows.to(accelerator.device))
+        totals += torch.stack(
+            [loss.float() * windows.size(0), torch.tensor(float(windows.size(0)), device=loss.device)]
+        )
     model.train()
-    return accelerator.reduce(total, reduction="mean").item() / len(batches)
+    loss_sum, count = accelerator.reduce(totals, reduction="sum").tolist()
+    return loss_sum / count
