@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 
 from pcpretrain.config import ConfigError, TrainerConfig
 
@@ -31,6 +32,9 @@ def build_accelerator(cfg: TrainerConfig) -> Accelerator:
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    # The state is a process-wide singleton that refuses a second precision; a sweep runs its points
+    # in one process, so each run starts from a fresh one (the process group, if any, is kept).
+    AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(
         cpu=device == "cpu",
         mixed_precision="bf16" if precision == "bf16" else "no",

@@ -111,3 +111,10 @@ def test_wandb_run_id_is_kept_in_the_checkpoint_and_reused_on_resume(tmp_path: P
     second = ckpt.read_trainer_state(ckpt.unmerged_dir(tmp_path / "checkpoints", 4))["wandb_run_id"]
     assert second == first
     assert sorted(p.name.split("-")[-1] for p in (tmp_path / "wandb").glob("offline-run-*")) == [first, first]
+
+
+def test_bf16_autocast_runs_close_to_fp32(straight_run: Path, tmp_path: Path) -> None:
+    run_training(tiny_config(tmp_path, "trainer.max_steps=6", "trainer.precision=bf16"), tmp_path)
+    bf16, fp32 = losses(tmp_path), losses(straight_run)
+    assert bf16 != fp32
+    assert all(abs(bf16[step] - fp32[step]) < 0.05 for step in fp32)
