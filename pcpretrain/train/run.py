@@ -16,7 +16,7 @@ from pcpretrain.config import ConfigError, TrainConfig, load_yaml, to_yaml, vali
 from pcpretrain.data.loader import PackedBatches, validation_batches
 from pcpretrain.data.pipeline import PreparedData, prepare_data
 from pcpretrain.model import build_model, flops_per_token, peak_flops
-from pcpretrain.optim import build_optimizer, build_scheduler
+from pcpretrain.optim import build_optimizer, build_scheduler, reapply_schedule
 from pcpretrain.train import checkpoint as ckpt
 from pcpretrain.train.callbacks.checkpointing import Checkpointing
 from pcpretrain.train.callbacks.evaluation import Evaluation
@@ -105,7 +105,10 @@ def run_training(cfg: TrainConfig, run_dir: Path) -> RunSummary:
     state = TrainState()
     if resume_from is not None:
         state = restore(accelerator, resume_from, train_batches)
+        reapply_schedule(scheduler.scheduler)
         log.info("resumed from %s at step %d", resume_from, state.step)
+    if state.step >= (cfg.trainer.stop_at or cfg.trainer.max_steps):
+        log.warning("nothing to train: the run is at step %d already", state.step)
 
     config_yaml = to_yaml(cfg)
     if accelerator.is_main_process:
@@ -201,6 +204,14 @@ def check_compatible(checkpoint_dir: Path, cfg: TrainConfig, data: PreparedData)
     if (checkpoint_dir / ckpt.TOKENIZER).read_bytes() != data.tokenizer.model_path.read_bytes():
         differences.append(
             f"tokenizer: {data.tokenizer.model_path} differs from the checkpoint's {ckpt.TOKENIZER}"
+        )
+    if saved.scheduler != cfg.scheduler or saved.trainer.max_steps != cfg.trainer.max_steps:
+        log.warning(
+            "schedule differs from the checkpoint's (%s, max_steps %d -> %s, %d); following the new one",
+            saved.scheduler,
+            saved.trainer.max_steps,
+            cfg.scheduler,
+            cfg.trainer.max_steps,
         )
     if differences:
         raise CheckpointError(
