@@ -26,7 +26,7 @@ from pcpretrain.train.callbacks.spectral import SpectralNormUpdate
 from pcpretrain.train.callbacks.speed import SpeedMonitor
 from pcpretrain.train.callbacks.wandb_logger import WandbLogger
 from pcpretrain.train.engine import build_accelerator
-from pcpretrain.train.errors import CheckpointError
+from pcpretrain.train.errors import CheckpointError, NonFiniteLossError
 from pcpretrain.train.state import TrainState
 from pcpretrain.train.trainer import Trainer
 
@@ -152,7 +152,11 @@ def run_training(cfg: TrainConfig, run_dir: Path) -> RunSummary:
         grad_clip=cfg.trainer.grad_clip,
         callbacks=callbacks,
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    except NonFiniteLossError as exc:
+        last_good = checkpointing.saved.get("unmerged") or resume_from
+        raise NonFiniteLossError(f"{exc}; last good checkpoint: {last_good or 'none written yet'}") from exc
     summary = summarize(run_dir, cfg, trainer, speed, checkpointing)
     if accelerator.is_main_process:
         (run_dir / SUMMARY_FILE).write_text(json.dumps(asdict(summary), indent=2), encoding="utf-8")
