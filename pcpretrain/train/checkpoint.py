@@ -207,8 +207,12 @@ def _sha256(path: Path) -> str:
 
 
 def _fsync_tree(directory: Path) -> None:
+    """Flush every file to disk, and give files the umask's usual mode (some writers use 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
     for path in directory.rglob("*"):
         if path.is_file():
+            path.chmod(0o666 & ~umask)
             with path.open("rb") as handle:
                 os.fsync(handle.fileno())
     _fsync_dir(directory)
