@@ -39,9 +39,9 @@ def load_documents(cfg: DataConfig, cache: Path) -> tuple[list[str], list[str]]:
     if cfg.source == "sample":
         documents = sample_documents(cache)
     else:
-        documents = read_documents(list(cfg.train_files), cfg.text_field)
+        documents = read_documents(list(cfg.train_files), cfg.text_field, cache / "datasets")
     if cfg.validation_files:
-        return documents, read_documents(list(cfg.validation_files), cfg.text_field)
+        return documents, read_documents(list(cfg.validation_files), cfg.text_field, cache / "datasets")
     return split_documents(documents, cfg.validation_fraction)
 
 
