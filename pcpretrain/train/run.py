@@ -176,6 +176,13 @@ def locate_resume(cfg: TrainConfig, ckpt_root: Path) -> Path | None:
         return None
     path = Path(cfg.resume)
     ckpt.verify_checkpoint(path)
+    later = [p.name for p in ckpt.list_unmerged(ckpt_root) if p.name > path.name]
+    if later:
+        log.warning(
+            "resuming from %s; the later checkpoints %s will be replaced as this run reaches them",
+            path,
+            later,
+        )
     return path
 
 

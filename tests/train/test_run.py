@@ -118,3 +118,13 @@ def test_bf16_autocast_runs_close_to_fp32(straight_run: Path, tmp_path: Path) ->
     bf16, fp32 = losses(tmp_path), losses(straight_run)
     assert bf16 != fp32
     assert all(abs(bf16[step] - fp32[step]) < 0.05 for step in fp32)
+
+
+def test_resume_from_an_explicit_older_checkpoint_replays_the_same_steps(
+    straight_run: Path, tmp_path: Path
+) -> None:
+    older = ckpt.unmerged_dir(straight_run / "checkpoints", 4)
+    run_training(tiny_config(tmp_path, "trainer.max_steps=6", f"resume={older}"), tmp_path)
+    replayed = losses(tmp_path)
+    assert sorted(replayed) == [5, 6]
+    assert replayed == {step: loss for step, loss in losses(straight_run).items() if step > 4}
