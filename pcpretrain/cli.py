@@ -37,13 +37,18 @@ def train_command(overrides: list[str]) -> int:
     """Hand the overrides to Hydra, which composes the config and calls :func:`_train_task`."""
     import hydra
 
-    from pcpretrain.config import register_configs
+    from pcpretrain.config import ConfigError, check_override_keys, register_configs
     from pcpretrain.sweep import register_sweep_resolver
 
+    config_dir = Path(__file__).resolve().parent / "configs"
+    try:
+        check_override_keys([o for o in overrides if not o.startswith("-")], _groups(config_dir))
+    except ConfigError as exc:
+        print(f"pcpretrain: configuration error: {exc}", file=sys.stderr)
+        return 2
     register_configs()
     register_sweep_resolver(overrides)
-    config_dir = str(Path(__file__).resolve().parent / "configs")
-    task = hydra.main(config_path=config_dir, config_name="train", version_base="1.3")(_train_task)
+    task = hydra.main(config_path=str(config_dir), config_name="train", version_base="1.3")(_train_task)
     saved_argv = sys.argv
     sys.argv = ["pcpretrain-train", *overrides]
     try:
@@ -51,6 +56,11 @@ def train_command(overrides: list[str]) -> int:
     finally:
         sys.argv = saved_argv
     return 0
+
+
+def _groups(config_dir: Path) -> set[str]:
+    """Config group names (the folders of the YAML tree), which overrides select rather than set."""
+    return {path.name for path in config_dir.iterdir() if path.is_dir() and not path.name.startswith("_")}
 
 
 def _train_task(dict_cfg) -> None:

@@ -7,7 +7,9 @@ out of range, naming the key and the allowed values, before any work starts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import difflib
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -281,6 +283,33 @@ def _validate_checkpoint(cfg: TrainConfig) -> None:
         for form in getattr(c, key):
             _choice(f"checkpoint.{key}", form, CHECKPOINT_FORMS)
     _choice("checkpoint.verify", c.verify, VERIFY_MODES)
+
+
+def check_override_keys(overrides: list[str], groups: set[str]) -> None:
+    """Reject ``key=value`` overrides whose key the schema lacks, suggesting the closest valid key.
+
+    Hydra rejects them too, but only after composing and without listing what is valid; group
+    choices (``model=tiny``, ``~experiment``) and ``hydra.*`` settings are left to Hydra.
+    """
+    for override in overrides:
+        key, sep, _ = override.lstrip("+~").partition("=")
+        if not sep or key in groups or key.startswith("hydra.") or key.startswith("hydra/"):
+            continue
+        node: Any = TrainConfig
+        walked: list[str] = []
+        for part in key.split("."):
+            names = [f.name for f in fields(node)] if is_dataclass(node) else []
+            if not names:
+                raise ConfigError(
+                    f"unknown key {key!r}: {'.'.join(walked)} is a single value, not a group of keys"
+                )
+            if part not in names:
+                where = ".".join(walked) or "the top level"
+                close = difflib.get_close_matches(part, names, n=1)
+                hint = f"; did you mean {'.'.join([*walked, close[0]])}?" if close else ""
+                raise ConfigError(f"unknown key {key!r}: {where} has {', '.join(names)}{hint}")
+            walked.append(part)
+            node = typing.get_type_hints(node)[part]
 
 
 def to_train_config(cfg: DictConfig | dict) -> TrainConfig:

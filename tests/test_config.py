@@ -8,7 +8,7 @@ import pytest
 from helpers import compose_config as composed
 from hydra.errors import ConfigCompositionException
 
-from pcpretrain.config import ConfigError, load_yaml, to_yaml, validate
+from pcpretrain.config import ConfigError, check_override_keys, load_yaml, to_yaml, validate
 
 
 def test_default_is_the_embedded_debug_run_with_pc_degree_4_and_adamw() -> None:
@@ -98,3 +98,28 @@ def test_quickstart_recipe_sets_the_small_model_learning_rate_and_can_be_dropped
     assert composed().optimizer.lr == 2e-3
     assert composed("~experiment").optimizer.lr == 3e-4
     assert composed("optimizer.lr=1e-3").optimizer.lr == 1e-3
+
+
+GROUPS = {"model", "pc", "optimizer", "scheduler", "data", "trainer", "checkpoint", "logger", "experiment"}
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "trainer.max_stepz=3",
+            r"unknown key 'trainer.max_stepz': trainer has max_steps, .*did you mean trainer.max_steps",
+        ),
+        ("+optimzer.lr=1", r"the top level has run, model, .*did you mean optimizer\?"),
+        ("data.tokenizer.path.x=1", r"data.tokenizer.path is a single value"),
+    ],
+)
+def test_unknown_override_keys_are_named_with_the_valid_ones(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        check_override_keys([override], GROUPS)
+
+
+def test_valid_keys_group_choices_and_hydra_settings_pass() -> None:
+    check_override_keys(
+        ["pc.degree=0,4", "model=tiny", "~experiment", "hydra.run.dir=x", "data.tokenizer.path=a"], GROUPS
+    )
