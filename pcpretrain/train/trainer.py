@@ -86,11 +86,10 @@ class Trainer:
         for index, windows in enumerate(micro_batches):
             windows = windows.to(self.accelerator.device, non_blocking=True)
             is_last = index == len(micro_batches) - 1
-            with (
-                nullcontext() if is_last else self.accelerator.no_sync(self.model),
-                self.accelerator.autocast(),
-            ):
-                loss = causal_lm_loss(self.model, windows)
+            # Gradients are all-reduced only on the last micro-batch; backward runs outside autocast.
+            with nullcontext() if is_last else self.accelerator.no_sync(self.model):
+                with self.accelerator.autocast():
+                    loss = causal_lm_loss(self.model, windows)
                 self.accelerator.backward(loss / len(micro_batches))
             loss_sum += loss.detach()
         loss_value = self.accelerator.reduce(loss_sum, reduction="mean").item() / len(micro_batches)
