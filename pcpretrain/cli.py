@@ -13,6 +13,10 @@ commands:
                                  model=debug pc.degree=2 trainer.max_steps=50 run.dir=runs/x
                                  (-m for a sweep: pcpretrain train -m pc.degree=0,4)
   export <checkpoint> <out dir>  write the merged Hugging Face Llama of an unmerged checkpoint
+  tokenize --tokenizer M --out D (FILES... | --hub PATH)
+                                 tokenize a corpus once into memory-mapped token shards
+  tokenizer train --out M --vocab-size N (FILES... | --hub PATH)
+                                 train a Llama-style SentencePiece BPE tokenizer on a corpus
 
 `pcpretrain train --help` lists the config groups and their options.
 """
@@ -29,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
         return train_command(rest)
     if command == "export":
         return export_command(rest)
+    if command == "tokenize":
+        return tokenize_command(rest)
+    if command == "tokenizer":
+        return tokenizer_command(rest)
     print(f"pcpretrain: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 
@@ -109,6 +117,81 @@ def export_command(args: list[str]) -> int:
         print(f"pcpretrain export: {exc}", file=sys.stderr)
         return 1
     print(f"merged model written to {out}")
+    return 0
+
+
+def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="*", help="local jsonl/json/parquet/txt files, globs or directories")
+    parser.add_argument(
+        "--hub", help="a Hugging Face Hub dataset (or local dataset directory) instead of files"
+    )
+    parser.add_argument("--hub-name", default=None, help="the dataset's configuration name")
+    parser.add_argument("--split", default="train", help="the Hub dataset's split (default: train)")
+    parser.add_argument("--text-field", default="text", help="the column holding the text (default: text)")
+
+
+def _open_source(parser: argparse.ArgumentParser, ns: argparse.Namespace):
+    from pcpretrain.data.sources import TextSource
+
+    if bool(ns.files) == bool(ns.hub):
+        parser.error("give either input files or --hub, not both and not neither")
+    if ns.files:
+        source = TextSource.from_files(ns.files, text_field=ns.text_field)
+    else:
+        source = TextSource.from_hub(ns.hub, name=ns.hub_name, split=ns.split, text_field=ns.text_field)
+    source.check()
+    return source
+
+
+def tokenize_command(args: list[str]) -> int:
+    """Token shards from a text corpus, for ``data=shards`` runs."""
+    parser = argparse.ArgumentParser(prog="pcpretrain tokenize", description=tokenize_command.__doc__)
+    _add_source_arguments(parser)
+    parser.add_argument("--tokenizer", type=Path, required=True, help="a SentencePiece .model file")
+    parser.add_argument("--out", type=Path, required=True, help="the token-shard directory to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
+    ns = parser.parse_args(args)
+    from pcpretrain.data.pretokenize import tokenize_to_shards
+    from pcpretrain.data.tokenizer import Tokenizer
+
+    try:
+        source = _open_source(parser, ns)
+        shards = tokenize_to_shards(
+            source,
+            Tokenizer.load(ns.tokenizer),
+            ns.out,
+            description=str(ns.hub or ns.files),
+            overwrite=ns.overwrite,
+        )
+    except (ValueError, OSError) as exc:
+        print(f"pcpretrain tokenize: {exc}", file=sys.stderr)
+        return 1
+    print(f"{shards.total_tokens:,} tokens in {shards.num_shards} shards written to {ns.out}")
+    return 0
+
+
+def tokenizer_command(args: list[str]) -> int:
+    """``pcpretrain tokenizer train``: a SentencePiece BPE (byte fallback, split digits) on a corpus."""
+    parser = argparse.ArgumentParser(prog="pcpretrain tokenizer", description=tokenizer_command.__doc__)
+    parser.add_argument("action", choices=["train"])
+    _add_source_arguments(parser)
+    parser.add_argument("--out", type=Path, required=True, help="where to write the .model file")
+    parser.add_argument("--vocab-size", type=int, default=32000)
+    parser.add_argument("--documents", type=int, default=200_000, help="read at most this many documents")
+    ns = parser.parse_args(args)
+    import itertools
+
+    from pcpretrain.data.tokenizer import train_sentencepiece
+
+    try:
+        source = _open_source(parser, ns)
+        texts = itertools.chain.from_iterable(source.iter_shard(s) for s in range(source.num_shards))
+        documents = [text for text in itertools.islice(texts, ns.documents) if text]
+        tokenizer = train_sentencepiece(documents, ns.vocab_size, ns.out)
+    except (ValueError, OSError) as exc:
+        print(f"pcpretrain tokenizer: {exc}", file=sys.stderr)
+        return 1
+    print(f"tokenizer with {tokenizer.vocab_size} pieces written to {ns.out} ({len(documents)} documents)")
     return 0
 
 

@@ -21,7 +21,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 OPTIMIZERS = ("adamw",)
 SCHEDULERS = ("cosine",)
-DATA_SOURCES = ("sample", "files")
+DATA_SOURCES = ("sample", "files", "hub", "shards")
 CHECKPOINT_FORMS = ("unmerged", "merged")
 WANDB_MODES = ("online", "offline", "disabled")
 VERIFY_MODES = ("checksum", "size")
@@ -88,26 +88,51 @@ class SchedulerConfig:
 
 @dataclass
 class TokenizerConfig:
-    """A SentencePiece model file, or ``path: null`` to train one on the training corpus (cached)."""
+    """A SentencePiece model file, or ``path: null`` to use the token shards' own or train one (cached)."""
 
     path: str | None = None
     vocab_size: int = 4096
+    train_documents: int = 50000
+
+
+@dataclass
+class HubConfig:
+    """A Hugging Face Hub dataset (or a local dataset directory), streamed."""
+
+    path: str | None = None
+    name: str | None = None
+    split: str = "train"
+    validation_split: str | None = None
+    revision: str | None = None
 
 
 @dataclass
 class DataConfig:
-    """Training and validation text, tokenization and packing into ``seq_len + 1`` windows."""
+    """Where documents come from, the held-out set, tokenization, packing and loader workers.
+
+    ``source`` picks the training documents: ``sample`` (embedded corpus), ``files`` (local
+    jsonl/json/parquet/txt), ``hub`` (a Hub dataset) or ``shards`` (``pcpretrain tokenize`` output).
+    The held-out set is, in order of precedence: ``validation_files``, ``hub.validation_split``,
+    ``validation_shards_dir``, or the first ``validation_documents`` documents of the source, which
+    training then skips (for ``sample``: every ``1 / validation_fraction``-th document).
+    """
 
     name: str = "sample"
     source: str = "sample"
     train_files: list[str] = field(default_factory=list)
     validation_files: list[str] = field(default_factory=list)
+    hub: HubConfig = field(default_factory=HubConfig)
+    shards_dir: str | None = None
+    validation_shards_dir: str | None = None
     text_field: str = "text"
     validation_fraction: float = 0.02
+    validation_documents: int = 0
     seq_len: int = 256
     add_bos: bool = True
     add_eos: bool = True
     shuffle: bool = True
+    shuffle_buffer: int = 1024
+    num_workers: int = 0
     cache_dir: str | None = None
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
 
@@ -242,14 +267,33 @@ def _validate_data(cfg: TrainConfig) -> None:
     d = cfg.data
     _choice("data.source", d.source, DATA_SOURCES)
     _positive("data.seq_len", d.seq_len)
+    _positive("data.shuffle_buffer", d.shuffle_buffer)
+    _positive("data.num_workers", d.num_workers, allow_zero=True)
+    _positive("data.validation_documents", d.validation_documents, allow_zero=True)
     if d.seq_len > cfg.model.max_seq_len:
         raise ConfigError(f"data.seq_len={d.seq_len} exceeds model.max_seq_len={cfg.model.max_seq_len}")
-    if d.source == "files" and not d.train_files:
-        raise ConfigError("data.train_files is empty; data.source=files needs at least one path or glob")
+    required = {
+        "files": ("data.train_files", d.train_files),
+        "hub": ("data.hub.path", d.hub.path),
+        "shards": ("data.shards_dir", d.shards_dir),
+    }
+    if d.source in required and not required[d.source][1]:
+        key = required[d.source][0]
+        raise ConfigError(f"{key} is not set; data.source={d.source} needs it")
+    held_out = (
+        d.validation_files or d.hub.validation_split or d.validation_shards_dir or d.validation_documents
+    )
     if d.source == "sample" and not 0.0 < d.validation_fraction < 1.0:
         raise ConfigError(f"data.validation_fraction={d.validation_fraction} must lie in (0, 1)")
+    if d.source != "sample" and not held_out:
+        raise ConfigError(
+            f"data.source={d.source} has no held-out set; set data.validation_files, "
+            "data.hub.validation_split, data.validation_shards_dir or data.validation_documents "
+            "(the first N documents of the source)"
+        )
     if d.tokenizer.path is None:
         _positive("data.tokenizer.vocab_size", d.tokenizer.vocab_size)
+        _positive("data.tokenizer.train_documents", d.tokenizer.train_documents)
     elif not Path(d.tokenizer.path).is_file():
         raise ConfigError(f"data.tokenizer.path={d.tokenizer.path!r}: no such file (a SentencePiece .model)")
 

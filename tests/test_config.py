@@ -70,7 +70,10 @@ def test_ill_typed_value_is_rejected() -> None:
         ),
         ("optimizer.betas=[0.9]", r"optimizer.betas=\[0.9\] must be two numbers"),
         ("data.seq_len=4096", r"data.seq_len=4096 exceeds model.max_seq_len=1024"),
-        ("data=files", r"data.train_files is empty"),
+        ("data=files", r"data.train_files is not set; data.source=files needs it"),
+        ("data.source=hub", r"data.hub.path is not set"),
+        ("data.source=shards", r"data.shards_dir is not set"),
+        ("data.num_workers=-1", r"data.num_workers=-1 is not allowed; it must be >= 0"),
         ("resume=/no/such/dir", r"resume='/no/such/dir': no such checkpoint directory"),
     ],
 )
@@ -123,3 +126,10 @@ def test_valid_keys_group_choices_and_hydra_settings_pass() -> None:
     check_override_keys(
         ["pc.degree=0,4", "model=tiny", "~experiment", "hydra.run.dir=x", "data.tokenizer.path=a"], GROUPS
     )
+
+
+def test_a_source_without_a_held_out_set_is_refused() -> None:
+    cfg = composed("data=files", "data.train_files=[a.jsonl]")
+    with pytest.raises(ConfigError, match="has no held-out set; set data.validation_files"):
+        validate(cfg)
+    validate(composed("data=files", "data.train_files=[a.jsonl]", "data.validation_documents=10"))

@@ -1,21 +1,50 @@
-"""From the data config to a tokenizer and packed train / validation token arrays."""
+"""From the data config to a tokenizer, the training documents (sharded) and the held-out set."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import Any
 
 from pcpretrain.config import DataConfig
-from pcpretrain.data.local_files import read_documents
-from pcpretrain.data.packing import pack_documents
+from pcpretrain.data.in_memory import InMemoryShards
 from pcpretrain.data.sample_corpus import sample_documents, split_documents
+from pcpretrain.data.sources import TextSource
+from pcpretrain.data.stream import DocumentShards
+from pcpretrain.data.token_shards import TokenShards
 from pcpretrain.data.tokenizer import Tokenizer, load_or_train
 
 log = logging.getLogger(__name__)
+
+SAMPLE_SHARDS = 8
+MAX_VALIDATION_DOCUMENTS = 10_000
+
+
+class TextEncoder:
+    """Text -> ids with a SentencePiece model loaded on first use, so loader workers load their own."""
+
+    def __init__(self, model_path: Path) -> None:
+        self.model_path = model_path
+        self._tokenizer: Tokenizer | None = None
+
+    def __call__(self, texts: list[str]) -> list[list[int]]:
+        if self._tokenizer is None:
+            self._tokenizer = Tokenizer.load(self.model_path)
+        return self._tokenizer.encode_batch(texts)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"model_path": self.model_path, "_tokenizer": None}
+
+
+class PretokenizedEncoder:
+    """Token shards hold ids already; encoding is the identity."""
+
+    def __call__(self, documents: list[Any]) -> list[Any]:
+        return documents
 
 
 @dataclass
@@ -23,8 +52,10 @@ class PreparedData:
     """Everything the trainer needs from the data side."""
 
     tokenizer: Tokenizer
-    train_tokens: np.ndarray
-    val_tokens: np.ndarray
+    source: DocumentShards
+    encoder: TextEncoder | PretokenizedEncoder
+    validation: list[Sequence[int]]
+    skip_head: int
 
 
 def cache_dir(cfg: DataConfig) -> Path:
@@ -34,35 +65,77 @@ def cache_dir(cfg: DataConfig) -> Path:
     return Path(os.environ.get("PCPRETRAIN_CACHE", Path.home() / ".cache" / "pcpretrain")).expanduser()
 
 
-def load_documents(cfg: DataConfig, cache: Path) -> tuple[list[str], list[str]]:
-    """Training and held-out documents: given validation files, else a deterministic split."""
-    if cfg.source == "sample":
-        documents = sample_documents(cache)
-    else:
-        documents = read_documents(list(cfg.train_files), cfg.text_field, cache / "datasets")
-    if cfg.validation_files:
-        return documents, read_documents(list(cfg.validation_files), cfg.text_field, cache / "datasets")
-    return split_documents(documents, cfg.validation_fraction)
-
-
 def prepare_data(cfg: DataConfig) -> PreparedData:
-    """Load documents, load or train (and cache) the tokenizer, tokenize and pack both splits."""
+    """Open the source, settle the tokenizer, and tokenize the held-out set; reads no training data."""
     cache = cache_dir(cfg)
-    train_docs, val_docs = load_documents(cfg, cache)
-    if cfg.tokenizer.path:
-        tokenizer = Tokenizer.load(cfg.tokenizer.path)
+    held_out_texts: list[str] | None = None
+    if cfg.source == "sample":
+        train_docs, held_out_texts = split_documents(sample_documents(cache), cfg.validation_fraction)
+        source: DocumentShards = InMemoryShards(train_docs, SAMPLE_SHARDS, "sample corpus")
+    elif cfg.source == "shards":
+        source = TokenShards(cfg.shards_dir)
     else:
-        tokenizer = load_or_train(lambda: train_docs, cfg.tokenizer.vocab_size, cache / "tokenizers")
-    bos = tokenizer.bos_id if cfg.add_bos else None
-    eos = tokenizer.eos_id if cfg.add_eos else None
-    train_tokens = pack_documents(tokenizer.encode_batch(train_docs), bos, eos, tokenizer.vocab_size)
-    val_tokens = pack_documents(tokenizer.encode_batch(val_docs), bos, eos, tokenizer.vocab_size)
+        source = open_text(cfg, cache, split=cfg.hub.split, files=cfg.train_files)
+    tokenizer = settle_tokenizer(cfg, source, cache)
+    skip_head = 0
+    if held_out_texts is not None:
+        validation = tokenizer.encode_batch(held_out_texts)
+    elif cfg.validation_files or cfg.hub.validation_split:
+        files = cfg.validation_files
+        held_out = open_text(cfg, cache, split=cfg.hub.validation_split, files=files)
+        validation = tokenizer.encode_batch(_head(held_out, MAX_VALIDATION_DOCUMENTS))
+    elif cfg.validation_shards_dir:
+        validation = list(_head(TokenShards(cfg.validation_shards_dir), MAX_VALIDATION_DOCUMENTS))
+    else:
+        skip_head = cfg.validation_documents
+        head = list(itertools.islice(source.iter_shard(0), skip_head))
+        validation = head if isinstance(source, TokenShards) else tokenizer.encode_batch(head)
+    encoder = PretokenizedEncoder() if isinstance(source, TokenShards) else TextEncoder(tokenizer.model_path)
     log.info(
-        "data: %d train documents (%d tokens), %d validation documents (%d tokens), vocab %d",
-        len(train_docs),
-        len(train_tokens),
-        len(val_docs),
-        len(val_tokens),
+        "data: %s, %d shards; %d held-out documents; vocab %d",
+        cfg.source,
+        source.num_shards,
+        len(validation),
         tokenizer.vocab_size,
     )
-    return PreparedData(tokenizer, train_tokens, val_tokens)
+    return PreparedData(tokenizer, source, encoder, validation, skip_head)
+
+
+def open_text(cfg: DataConfig, cache: Path, *, split: str | None, files: Sequence[str]) -> TextSource:
+    """Local files when given, else the Hub dataset's ``split``; checked eagerly so errors come first."""
+    if files:
+        source = TextSource.from_files(list(files), text_field=cfg.text_field, cache_dir=cache / "datasets")
+    else:
+        hub = cfg.hub
+        source = TextSource.from_hub(
+            hub.path,
+            name=hub.name,
+            split=split or "train",
+            text_field=cfg.text_field,
+            revision=hub.revision,
+            cache_dir=cache / "datasets",
+        )
+    source.check()
+    return source
+
+
+def settle_tokenizer(cfg: DataConfig, source: DocumentShards, cache: Path) -> Tokenizer:
+    """The configured model; else the token shards' own; else one trained on the source's head (cached)."""
+    if isinstance(source, TokenShards):
+        if cfg.tokenizer.path:
+            source.check_tokenizer(Path(cfg.tokenizer.path))
+            return Tokenizer.load(cfg.tokenizer.path)
+        return Tokenizer.load(source.tokenizer_path)
+    if cfg.tokenizer.path:
+        return Tokenizer.load(cfg.tokenizer.path)
+    return load_or_train(
+        lambda: [text for text in _head(source, cfg.tokenizer.train_documents) if text],
+        cfg.tokenizer.vocab_size,
+        cache / "tokenizers",
+    )
+
+
+def _head(source: DocumentShards, count: int) -> Iterator[Any]:
+    """The first ``count`` documents, walking the shards in order."""
+    every = itertools.chain.from_iterable(source.iter_shard(s) for s in range(source.num_shards))
+    return itertools.islice(every, count)

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
 from accelerate import Accelerator
 
 from pcpretrain.train.errors import CheckpointError
@@ -85,14 +86,16 @@ def save_unmerged(
     root: Path,
     step: int,
     trainer_state: dict[str, Any],
+    data_state: dict[str, Any],
     config_yaml: str,
     tokenizer_model: Path,
     verify: str = "checksum",
 ) -> Path:
-    """Write everything needed to continue exactly; returns the checkpoint directory."""
+    """Write everything needed to continue exactly; every rank adds its own data position."""
     final = unmerged_dir(root, step)
     with atomic_directory(final, accelerator) as tmp:
         accelerator.save_state(str(tmp))
+        torch.save(data_state, tmp / data_state_name(accelerator.process_index))
         if accelerator.is_main_process:
             (tmp / TRAINER_STATE).write_text(
                 json.dumps(trainer_state, indent=2, sort_keys=True), encoding="utf-8"
@@ -143,6 +146,22 @@ def verify_checkpoint(directory: Path) -> None:
 
 def read_trainer_state(directory: Path) -> dict[str, Any]:
     return json.loads((directory / TRAINER_STATE).read_text(encoding="utf-8"))
+
+
+def data_state_name(rank: int) -> str:
+    return f"data_state_{rank}.pt"
+
+
+def read_data_state(directory: Path, rank: int) -> dict[str, Any]:
+    """The data position of ``rank``; a clear error when the checkpoint came from fewer processes."""
+    path = directory / data_state_name(rank)
+    if not path.is_file():
+        saved = len(list(directory.glob("data_state_*.pt")))
+        raise CheckpointError(
+            f"{directory} holds data positions for {saved} process(es) but this run has rank {rank}; "
+            "resume with the number of processes that wrote it"
+        )
+    return torch.load(path, weights_only=False)
 
 
 def list_unmerged(root: Path) -> list[Path]:

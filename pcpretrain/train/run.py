@@ -13,8 +13,10 @@ from omegaconf import OmegaConf
 
 from pcpretrain import pc
 from pcpretrain.config import ConfigError, TrainConfig, load_yaml, to_yaml, validate
-from pcpretrain.data.loader import PackedBatches, validation_batches
+from pcpretrain.data.batches import PackedWindows, StreamingBatches
 from pcpretrain.data.pipeline import PreparedData, prepare_data
+from pcpretrain.data.stream import StreamSpec
+from pcpretrain.data.validation import validation_batches
 from pcpretrain.model import build_model, flops_per_token, peak_flops
 from pcpretrain.optim import build_optimizer, build_scheduler, reapply_schedule
 from pcpretrain.train import checkpoint as ckpt
@@ -92,16 +94,7 @@ def run_training(cfg: TrainConfig, run_dir: Path) -> RunSummary:
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
     grad_accum = cfg.trainer.batch_size // (cfg.trainer.micro_batch_size * accelerator.num_processes)
-    train_batches = PackedBatches(
-        data.train_tokens,
-        seq_len=cfg.data.seq_len,
-        micro_batch_size=cfg.trainer.micro_batch_size,
-        grad_accum_steps=grad_accum,
-        seed=cfg.seed,
-        rank=accelerator.process_index,
-        world_size=accelerator.num_processes,
-        shuffle=cfg.data.shuffle,
-    )
+    train_batches = build_train_batches(cfg, data, accelerator, grad_accum)
     state = TrainState()
     if resume_from is not None:
         state = restore(accelerator, resume_from, train_batches)
@@ -120,7 +113,15 @@ def run_training(cfg: TrainConfig, run_dir: Path) -> RunSummary:
     )
     evaluation = Evaluation(
         validation_batches(
-            data.val_tokens, cfg.data.seq_len, cfg.trainer.micro_batch_size, cfg.trainer.eval_batches
+            data.validation,
+            seq_len=cfg.data.seq_len,
+            bos_id=data.tokenizer.bos_id if cfg.data.add_bos else None,
+            eos_id=data.tokenizer.eos_id if cfg.data.add_eos else None,
+            vocab_size=data.tokenizer.vocab_size,
+            batch_size=cfg.trainer.micro_batch_size,
+            max_batches=cfg.trainer.eval_batches,
+            rank=accelerator.process_index,
+            world_size=accelerator.num_processes,
         ),
         cfg.trainer.eval_every,
     )
@@ -233,11 +234,32 @@ def check_compatible(checkpoint_dir: Path, cfg: TrainConfig, data: PreparedData)
         )
 
 
-def restore(accelerator: Accelerator, checkpoint_dir: Path, train_batches: PackedBatches) -> TrainState:
-    """Load model, optimizer, scheduler and RNG via accelerate, then the data position and counters."""
+def build_train_batches(
+    cfg: TrainConfig, data: PreparedData, accelerator: Accelerator, grad_accum: int
+) -> StreamingBatches:
+    """This rank's loader: one packed stream per worker, disjoint from every other rank's and worker's."""
+    spec = StreamSpec(
+        seq_len=cfg.data.seq_len,
+        seed=cfg.seed,
+        shuffle=cfg.data.shuffle,
+        shuffle_buffer=cfg.data.shuffle_buffer,
+        num_readers=accelerator.num_processes * max(cfg.data.num_workers, 1),
+        num_shards=data.source.num_shards,
+        bos_id=data.tokenizer.bos_id if cfg.data.add_bos else None,
+        eos_id=data.tokenizer.eos_id if cfg.data.add_eos else None,
+        vocab_size=data.tokenizer.vocab_size,
+    )
+    dataset = PackedWindows(
+        data.source, data.encoder, spec, accelerator.process_index, cfg.data.num_workers, data.skip_head
+    )
+    return StreamingBatches(dataset, cfg.trainer.micro_batch_size, grad_accum, accelerator.num_processes)
+
+
+def restore(accelerator: Accelerator, checkpoint_dir: Path, train_batches: StreamingBatches) -> TrainState:
+    """Load model, optimizer, scheduler and RNG via accelerate, then this rank's data position."""
     state = TrainState.from_dict(ckpt.read_trainer_state(checkpoint_dir))
     try:
-        train_batches.load_state_dict(state.data)
+        train_batches.load_state_dict(ckpt.read_data_state(checkpoint_dir, accelerator.process_index))
     except ValueError as exc:
         raise CheckpointError(f"cannot resume from {checkpoint_dir}: {exc}") from exc
     accelerator.load_state(str(checkpoint_dir))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 
@@ -13,13 +13,10 @@ class TrainState:
     step: int = 0
     tokens: int = 0
     wandb_run_id: str | None = None
-    data: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> TrainState:
-        return cls(
-            **{key: payload[key] for key in ("step", "tokens", "wandb_run_id", "data") if key in payload}
-        )
+        return cls(**{key: payload[key] for key in ("step", "tokens", "wandb_run_id") if key in payload})

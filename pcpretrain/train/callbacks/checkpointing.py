@@ -56,12 +56,12 @@ class Checkpointing(Callback):
             ckpt.prune(self.root, self.ckpt_cfg.keep_last)
 
     def save_unmerged(self, trainer: Trainer) -> None:
-        trainer.state.data = trainer.train_batches.state_dict()
         path = ckpt.save_unmerged(
             trainer.accelerator,
             self.root,
             trainer.state.step,
             trainer.state.to_dict(),
+            trainer.train_batches.state_dict(),
             self.config_yaml,
             self.tokenizer.model_path,
             self.ckpt_cfg.verify,

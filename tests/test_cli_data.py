@@ -1,0 +1,157 @@
+"""Data paths through the CLI: tokenizer training, token shards, multi-shard corpora with workers."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import TINY_OVERRIDES, read_metrics, run_cli
+
+from pcpretrain.data.pipeline import PretokenizedEncoder, TextEncoder
+from pcpretrain.data.sources import TextSource
+from pcpretrain.data.stream import ReaderStream, StreamSpec
+from pcpretrain.data.token_shards import TokenShards
+from pcpretrain.data.tokenizer import Tokenizer
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def milton(shared_dir: Path) -> Path:
+    return shared_dir / "data" / "milton"
+
+
+@pytest.fixture(scope="module")
+def llama2(shared_dir: Path) -> Path:
+    return shared_dir / "tokenizers" / "llama2" / "tokenizer.model"
+
+
+@pytest.fixture(scope="module")
+def shards(milton: Path, llama2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tokens") / "train"
+    result = run_cli("tokenize", str(milton / "train-*.jsonl"), "--tokenizer", str(llama2), "--out", str(out))
+    assert "4 shards" in result.stdout
+    return out
+
+
+def files_overrides(milton: Path, llama2: Path) -> list[str]:
+    return [
+        "data=files",
+        f"data.train_files=[{milton}/train-*.jsonl]",
+        f"data.validation_files=[{milton}/validation.jsonl]",
+        f"data.tokenizer.path={llama2}",
+        "model.vocab_size=32000",
+        "data.seq_len=64",
+    ]
+
+
+def test_token_shards_hold_the_same_tokens_as_on_the_fly_tokenization(
+    milton: Path, llama2: Path, shards: Path
+) -> None:
+    text = TextSource.from_files([str(milton / "train-*.jsonl")])
+    tokens = TokenShards(shards)
+    tokenizer = Tokenizer.load(llama2)
+    spec = StreamSpec(
+        seq_len=128,
+        seed=0,
+        shuffle=False,
+        shuffle_buffer=64,
+        num_readers=1,
+        num_shards=4,
+        bos_id=1,
+        eos_id=2,
+        vocab_size=32000,
+    )
+    from_text = ReaderStream(text, TextEncoder(llama2), spec, 0).windows()
+    from_shards = ReaderStream(tokens, PretokenizedEncoder(), spec, 0).windows()
+    for a, b in itertools.islice(zip(from_text, from_shards, strict=True), 300):
+        assert np.array_equal(a, b)
+    assert tokens.tokenizer_sha256 and tokens.vocab_size == tokenizer.vocab_size
+
+
+def test_multi_shard_corpus_with_workers_resumes_exactly(milton: Path, llama2: Path, tmp_path: Path) -> None:
+    common = [
+        *TINY_OVERRIDES,
+        *files_overrides(milton, llama2),
+        "data.num_workers=2",
+        "trainer.max_steps=6",
+        "checkpoint.every=3",
+    ]
+    run_cli("train", *common, f"run.dir={tmp_path / 'straight'}")
+    run_cli("train", *common, "trainer.stop_at=3", f"run.dir={tmp_path / 'resumed'}")
+    run_cli("train", *common, f"run.dir={tmp_path / 'resumed'}")
+    straight, resumed = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]
+    assert len(resumed) == 6
+
+
+def test_training_from_token_shards(shards: Path, milton: Path, llama2: Path, tmp_path: Path) -> None:
+    val = tmp_path / "val"
+    run_cli("tokenize", str(milton / "validation.jsonl"), "--tokenizer", str(llama2), "--out", str(val))
+    run_cli(
+        "train",
+        *TINY_OVERRIDES,
+        "data=shards",
+        f"data.shards_dir={shards}",
+        f"data.validation_shards_dir={val}",
+        "model.vocab_size=32000",
+        "data.seq_len=64",
+        "trainer.max_steps=3",
+        f"run.dir={tmp_path / 'run'}",
+    )
+    assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1, 2, 3]
+
+
+@pytest.fixture(scope="module")
+def small_tokenizer(milton: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tok") / "tok.model"
+    result = run_cli(
+        "tokenizer",
+        "train",
+        str(milton / "train-00000-of-00004.jsonl"),
+        "--out",
+        str(out),
+        "--vocab-size",
+        "600",
+    )
+    assert "600 pieces" in result.stdout
+    return out
+
+
+def test_tokenizer_train_command_writes_a_llama_style_model(small_tokenizer: Path) -> None:
+    tokenizer = Tokenizer.load(small_tokenizer)
+    assert (tokenizer.vocab_size, tokenizer.bos_id, tokenizer.eos_id) == (600, 1, 2)
+    digits = [p for p in tokenizer.processor.encode("1984", out_type=str) if p.strip("\u2581")]
+    assert [p.strip("\u2581") for p in digits] == ["1", "9", "8", "4"]  # digits are split
+
+
+def test_token_shards_with_another_tokenizer_are_refused_before_training(
+    shards: Path, small_tokenizer: Path, tmp_path: Path
+) -> None:
+    result = run_cli(
+        "train",
+        *TINY_OVERRIDES,
+        "data=shards",
+        f"data.shards_dir={shards}",
+        "data.validation_documents=5",
+        f"data.tokenizer.path={small_tokenizer}",
+        f"run.dir={tmp_path / 'run'}",
+        expect_ok=False,
+    )
+    assert result.returncode == 1 and "differs" in result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_missing_path_is_named(tmp_path: Path) -> None:
+    result = run_cli(
+        "train",
+        *TINY_OVERRIDES,
+        "data=files",
+        f"data.train_files=[{tmp_path}/nothing-*.jsonl]",
+        "data.validation_documents=5",
+        f"run.dir={tmp_path / 'run'}",
+        expect_ok=False,
+    )
+    assert result.returncode == 1 and "nothing-*.jsonl" in result.stderr
