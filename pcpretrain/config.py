@@ -21,7 +21,8 @@ PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 OPTIMIZERS = ("adamw",)
 SCHEDULERS = ("cosine",)
-DATA_SOURCES = ("sample", "files", "hub", "shards")
+DATA_SOURCES = ("sample", "files", "hub", "shards", "mixture")
+MIXTURE_SOURCES = ("files", "hub", "shards")
 CHECKPOINT_FORMS = ("unmerged", "merged")
 WANDB_MODES = ("online", "offline", "disabled")
 VERIFY_MODES = ("checksum", "size")
@@ -107,11 +108,24 @@ class HubConfig:
 
 
 @dataclass
+class MixtureSourceConfig:
+    """One weighted source of ``data.source=mixture``: its documents are drawn with this weight."""
+
+    weight: float = 1.0
+    source: str = "files"
+    train_files: list[str] = field(default_factory=list)
+    hub: HubConfig = field(default_factory=HubConfig)
+    shards_dir: str | None = None
+    text_field: str = "text"
+
+
+@dataclass
 class DataConfig:
     """Where documents come from, the held-out set, tokenization, packing and loader workers.
 
     ``source`` picks the training documents: ``sample`` (embedded corpus), ``files`` (local
-    jsonl/json/parquet/txt), ``hub`` (a Hub dataset) or ``shards`` (``pcpretrain tokenize`` output).
+    jsonl/json/parquet/txt), ``hub`` (a Hub dataset), ``shards`` (``pcpretrain tokenize`` output)
+    or ``mixture`` (the weighted sources listed in ``mixture``).
     The held-out set is, in order of precedence: ``validation_files``, ``hub.validation_split``,
     ``validation_shards_dir``, or the first ``validation_documents`` documents of the source, which
     training then skips (for ``sample``: every ``1 / validation_fraction``-th document).
@@ -124,6 +138,7 @@ class DataConfig:
     hub: HubConfig = field(default_factory=HubConfig)
     shards_dir: str | None = None
     validation_shards_dir: str | None = None
+    mixture: list[MixtureSourceConfig] = field(default_factory=list)
     text_field: str = "text"
     validation_fraction: float = 0.02
     validation_documents: int = 0
@@ -272,14 +287,16 @@ def _validate_data(cfg: TrainConfig) -> None:
     _positive("data.validation_documents", d.validation_documents, allow_zero=True)
     if d.seq_len > cfg.model.max_seq_len:
         raise ConfigError(f"data.seq_len={d.seq_len} exceeds model.max_seq_len={cfg.model.max_seq_len}")
-    required = {
-        "files": ("data.train_files", d.train_files),
-        "hub": ("data.hub.path", d.hub.path),
-        "shards": ("data.shards_dir", d.shards_dir),
-    }
-    if d.source in required and not required[d.source][1]:
-        key = required[d.source][0]
-        raise ConfigError(f"{key} is not set; data.source={d.source} needs it")
+    _require_source_keys("data", d.source, d)
+    if d.source == "mixture":
+        if not d.mixture:
+            raise ConfigError("data.mixture is empty; data.source=mixture needs a list of weighted sources")
+        for index, part in enumerate(d.mixture):
+            _choice(f"data.mixture[{index}].source", part.source, MIXTURE_SOURCES)
+            _positive(f"data.mixture[{index}].weight", part.weight, allow_zero=True)
+            _require_source_keys(f"data.mixture[{index}]", part.source, part)
+        if sum(part.weight for part in d.mixture) <= 0:
+            raise ConfigError("data.mixture weights sum to 0; give at least one source a positive weight")
     held_out = (
         d.validation_files or d.hub.validation_split or d.validation_shards_dir or d.validation_documents
     )
@@ -296,6 +313,17 @@ def _validate_data(cfg: TrainConfig) -> None:
         _positive("data.tokenizer.train_documents", d.tokenizer.train_documents)
     elif not Path(d.tokenizer.path).is_file():
         raise ConfigError(f"data.tokenizer.path={d.tokenizer.path!r}: no such file (a SentencePiece .model)")
+
+
+def _require_source_keys(prefix: str, source: str, node: DataConfig | MixtureSourceConfig) -> None:
+    """The key each source kind reads must be set."""
+    required = {
+        "files": ("train_files", node.train_files),
+        "hub": ("hub.path", node.hub.path),
+        "shards": ("shards_dir", node.shards_dir),
+    }
+    if source in required and not required[source][1]:
+        raise ConfigError(f"{prefix}.{required[source][0]} is not set; {prefix}.source={source} needs it")
 
 
 def _validate_trainer(cfg: TrainConfig, world_size: int) -> None:

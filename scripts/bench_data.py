@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pcpretrain.data.batches import PackedWindows, StreamingBatches
+from pcpretrain.data.batches import PackedWindows, StreamComponent, StreamingBatches
 from pcpretrain.data.pipeline import PretokenizedEncoder, TextEncoder
 from pcpretrain.data.pretokenize import tokenize_to_shards
 from pcpretrain.data.sources import TextSource
@@ -42,7 +42,7 @@ def measure(
         eos_id=tokenizer.eos_id,
         vocab_size=tokenizer.vocab_size,
     )
-    loader = StreamingBatches(PackedWindows(source, encoder, spec, 0, workers), 8, 1, 1)
+    loader = StreamingBatches(PackedWindows([StreamComponent(source, encoder, spec)], 0, workers), 8, 1, 1)
     loader.next_step()  # start the workers
     start = time.perf_counter()
     for _ in range(batches):

@@ -155,3 +155,28 @@ def test_missing_path_is_named(tmp_path: Path) -> None:
         expect_ok=False,
     )
     assert result.returncode == 1 and "nothing-*.jsonl" in result.stderr
+
+
+def test_weighted_mixture_of_files_and_token_shards_trains_and_resumes(
+    milton: Path, llama2: Path, shards: Path, tmp_path: Path
+) -> None:
+    mixture = (
+        f"data.mixture=[{{source:files,weight:2,train_files:['{milton}/train-0000[01]-of-00004.jsonl']}},"
+        f"{{source:shards,weight:1,shards_dir:'{shards}'}}]"
+    )
+    common = [
+        *TINY_OVERRIDES,
+        "data.source=mixture",
+        mixture,
+        f"data.validation_files=[{milton}/validation.jsonl]",
+        f"data.tokenizer.path={llama2}",
+        "model.vocab_size=32000",
+        "data.seq_len=64",
+        "trainer.max_steps=4",
+        "checkpoint.every=2",
+    ]
+    run_cli("train", *common, f"run.dir={tmp_path / 'straight'}")
+    run_cli("train", *common, "trainer.stop_at=2", f"run.dir={tmp_path / 'resumed'}")
+    run_cli("train", *common, f"run.dir={tmp_path / 'resumed'}")
+    straight = [r["loss"] for r in read_metrics(tmp_path / "straight")]
+    assert [r["loss"] for r in read_metrics(tmp_path / "resumed")] == straight and len(straight) == 4

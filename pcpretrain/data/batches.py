@@ -10,49 +10,56 @@ worker's stream position together with its own round-robin position, which makes
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from pcpretrain.data.stream import DocumentShards, Encoder, ReaderStream, StreamSpec
+from pcpretrain.data.stream import DocumentShards, Encoder, MixedStream, ReaderStream, StreamSpec
 
 # torchdata 0.11 calls a deprecated torch hook on every iterator start; the notice is not actionable.
 warnings.filterwarnings("ignore", message=".set_vital. is deprecated", category=UserWarning)
 
 
+@dataclass
+class StreamComponent:
+    """One source of a reader's documents: how to read and encode it, and its share of a mixture."""
+
+    source: DocumentShards
+    encoder: Encoder
+    spec: StreamSpec
+    weight: float = 1.0
+    skip_head: int = 0
+
+
 class PackedWindows(IterableDataset):
     """The windows of reader ``rank x workers + worker``; its state is that reader's position.
 
-    ``source`` and ``encoder`` travel to the worker processes, so both must be picklable (the text
-    encoder loads its SentencePiece model lazily inside each worker).
+    With several components the reader draws documents from them by weight (a mixture). Sources and
+    encoders travel to the worker processes, so both must be picklable (the text encoder loads its
+    SentencePiece model lazily inside each worker).
     """
 
-    def __init__(
-        self,
-        source: DocumentShards,
-        encoder: Encoder,
-        spec: StreamSpec,
-        rank: int,
-        num_workers: int,
-        skip_head: int = 0,
-    ) -> None:
-        self.source = source
-        self.encoder = encoder
-        self.spec = spec
+    def __init__(self, components: Sequence[StreamComponent], rank: int, num_workers: int) -> None:
+        self.components = list(components)
         self.rank = rank
         self.num_workers = num_workers
         self.readers_per_rank = max(num_workers, 1)
-        self.skip_head = skip_head
-        self._stream: ReaderStream | None = None
+        self._stream: ReaderStream | MixedStream | None = None
         self._restored: dict[str, Any] | None = None
 
-    def _new_stream(self) -> ReaderStream:
+    def _new_stream(self) -> ReaderStream | MixedStream:
         info = get_worker_info()
         reader = self.rank * self.readers_per_rank + (info.id if info is not None else 0)
-        stream = ReaderStream(self.source, self.encoder, self.spec, reader, self.skip_head)
+        streams = [ReaderStream(c.source, c.encoder, c.spec, reader, c.skip_head) for c in self.components]
+        stream = (
+            streams[0]
+            if len(streams) == 1
+            else MixedStream(streams, [c.weight for c in self.components], reader)
+        )
         if self._restored is not None:
             stream.load_state_dict(self._restored)
         return stream

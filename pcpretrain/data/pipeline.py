@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pcpretrain.config import DataConfig
+from pcpretrain.config import DataConfig, MixtureSourceConfig
 from pcpretrain.data.in_memory import InMemoryShards
 from pcpretrain.data.sample_corpus import sample_documents, split_documents
 from pcpretrain.data.sources import TextSource
@@ -48,14 +48,22 @@ class PretokenizedEncoder:
 
 
 @dataclass
+class DataComponent:
+    """One training source with its encoder, mixture weight and held-out head to skip."""
+
+    source: DocumentShards
+    encoder: TextEncoder | PretokenizedEncoder
+    weight: float = 1.0
+    skip_head: int = 0
+
+
+@dataclass
 class PreparedData:
     """Everything the trainer needs from the data side."""
 
     tokenizer: Tokenizer
-    source: DocumentShards
-    encoder: TextEncoder | PretokenizedEncoder
+    components: list[DataComponent]
     validation: list[Sequence[int]]
-    skip_head: int
 
 
 def cache_dir(cfg: DataConfig) -> Path:
@@ -66,42 +74,63 @@ def cache_dir(cfg: DataConfig) -> Path:
 
 
 def prepare_data(cfg: DataConfig) -> PreparedData:
-    """Open the source, settle the tokenizer, and tokenize the held-out set; reads no training data."""
+    """Open the sources, settle the tokenizer, and tokenize the held-out set; reads no training data."""
     cache = cache_dir(cfg)
     held_out_texts: list[str] | None = None
     if cfg.source == "sample":
         train_docs, held_out_texts = split_documents(sample_documents(cache), cfg.validation_fraction)
-        source: DocumentShards = InMemoryShards(train_docs, SAMPLE_SHARDS, "sample corpus")
-    elif cfg.source == "shards":
-        source = TokenShards(cfg.shards_dir)
+        weighted: list[tuple[DocumentShards, float]] = [
+            (InMemoryShards(train_docs, SAMPLE_SHARDS, "sample"), 1.0)
+        ]
+    elif cfg.source == "mixture":
+        weighted = [(open_source(part, cache), part.weight) for part in cfg.mixture]
     else:
-        source = open_text(cfg, cache, split=cfg.hub.split, files=cfg.train_files)
-    tokenizer = settle_tokenizer(cfg, source, cache)
+        weighted = [(open_source(cfg, cache), 1.0)]
+    first = weighted[0][0]
+    tokenizer = settle_tokenizer(cfg, first, cache)
+    for source, _ in weighted:
+        if isinstance(source, TokenShards):
+            source.check_tokenizer(tokenizer.model_path)
     skip_head = 0
     if held_out_texts is not None:
         validation = tokenizer.encode_batch(held_out_texts)
     elif cfg.validation_files or cfg.hub.validation_split:
-        files = cfg.validation_files
-        held_out = open_text(cfg, cache, split=cfg.hub.validation_split, files=files)
-        validation = tokenizer.encode_batch(_head(held_out, MAX_VALIDATION_DOCUMENTS))
+        held_out = open_text(cfg, cache, split=cfg.hub.validation_split, files=cfg.validation_files)
+        validation = tokenizer.encode_batch(list(_head(held_out, MAX_VALIDATION_DOCUMENTS)))
     elif cfg.validation_shards_dir:
         validation = list(_head(TokenShards(cfg.validation_shards_dir), MAX_VALIDATION_DOCUMENTS))
     else:
         skip_head = cfg.validation_documents
-        head = list(itertools.islice(source.iter_shard(0), skip_head))
-        validation = head if isinstance(source, TokenShards) else tokenizer.encode_batch(head)
-    encoder = PretokenizedEncoder() if isinstance(source, TokenShards) else TextEncoder(tokenizer.model_path)
+        head = list(itertools.islice(first.iter_shard(0), skip_head))
+        validation = head if isinstance(first, TokenShards) else tokenizer.encode_batch(head)
+    components = [
+        DataComponent(source, _encoder(source, tokenizer), weight, skip_head if index == 0 else 0)
+        for index, (source, weight) in enumerate(weighted)
+    ]
     log.info(
-        "data: %s, %d shards; %d held-out documents; vocab %d",
+        "data: %s (%s); %d held-out documents; vocab %d",
         cfg.source,
-        source.num_shards,
+        ", ".join(f"{c.source.num_shards} shards x {c.weight:g}" for c in components),
         len(validation),
         tokenizer.vocab_size,
     )
-    return PreparedData(tokenizer, source, encoder, validation, skip_head)
+    return PreparedData(tokenizer, components, validation)
 
 
-def open_text(cfg: DataConfig, cache: Path, *, split: str | None, files: Sequence[str]) -> TextSource:
+def open_source(cfg: DataConfig | MixtureSourceConfig, cache: Path) -> DocumentShards:
+    """Token shards, local files or a Hub dataset, as the config's ``source`` says."""
+    if cfg.source == "shards":
+        return TokenShards(cfg.shards_dir)
+    return open_text(cfg, cache, split=cfg.hub.split, files=cfg.train_files)
+
+
+def _encoder(source: DocumentShards, tokenizer: Tokenizer) -> TextEncoder | PretokenizedEncoder:
+    return PretokenizedEncoder() if isinstance(source, TokenShards) else TextEncoder(tokenizer.model_path)
+
+
+def open_text(
+    cfg: DataConfig | MixtureSourceConfig, cache: Path, *, split: str | None, files: Sequence[str]
+) -> TextSource:
     """Local files when given, else the Hub dataset's ``split``; checked eagerly so errors come first."""
     if files:
         source = TextSource.from_files(list(files), text_field=cfg.text_field, cache_dir=cache / "datasets")
@@ -121,13 +150,10 @@ def open_text(cfg: DataConfig, cache: Path, *, split: str | None, files: Sequenc
 
 def settle_tokenizer(cfg: DataConfig, source: DocumentShards, cache: Path) -> Tokenizer:
     """The configured model; else the token shards' own; else one trained on the source's head (cached)."""
-    if isinstance(source, TokenShards):
-        if cfg.tokenizer.path:
-            source.check_tokenizer(Path(cfg.tokenizer.path))
-            return Tokenizer.load(cfg.tokenizer.path)
-        return Tokenizer.load(source.tokenizer_path)
     if cfg.tokenizer.path:
         return Tokenizer.load(cfg.tokenizer.path)
+    if isinstance(source, TokenShards):
+        return Tokenizer.load(source.tokenizer_path)
     return load_or_train(
         lambda: [text for text in _head(source, cfg.tokenizer.train_documents) if text],
         cfg.tokenizer.vocab_size,

@@ -111,22 +111,7 @@ class ReaderStream:
 
     def windows(self) -> Iterator[np.ndarray]:
         """Endless windows of ``seq_len + 1`` token ids (int64), epoch after epoch."""
-        seq_len = self.spec.seq_len
-        pending = np.asarray(self.position.pending, dtype=np.int64)
-        for ids in self.documents():
-            pending = np.concatenate([pending, self._frame(ids)])
-            offset = 0
-            while len(pending) - offset >= seq_len + 1:
-                window = pending[offset : offset + seq_len + 1]
-                offset += seq_len
-                self.position.pending = pending[offset:].tolist()
-                yield window
-            pending = pending[offset:]
-            self.position.pending = pending.tolist()
-
-    def _frame(self, ids: Sequence[int]) -> np.ndarray:
-        spec = self.spec
-        return pack_documents([ids], spec.bos_id, spec.eos_id, spec.vocab_size).astype(np.int64)
+        return pack_windows(self.documents(), self.spec, self.position)
 
     def documents(self) -> Iterator[Sequence[int]]:
         """Token ids of this reader's documents in shuffled order; advances ``self.position``."""
@@ -181,6 +166,81 @@ class ReaderStream:
         return np.random.default_rng([self.spec.seed, shard, block_start, self.position.epoch]).permutation(
             size
         )
+
+
+def pack_windows(documents: Iterator[Sequence[int]], spec: StreamSpec, holder: Any) -> Iterator[np.ndarray]:
+    """Frame and concatenate documents, cut windows; ``holder.pending`` always holds the unemitted tokens."""
+    seq_len = spec.seq_len
+    pending = np.asarray(holder.pending, dtype=np.int64)
+    for ids in documents:
+        framed = pack_documents([ids], spec.bos_id, spec.eos_id, spec.vocab_size).astype(np.int64)
+        pending = np.concatenate([pending, framed])
+        offset = 0
+        while len(pending) - offset >= seq_len + 1:
+            window = pending[offset : offset + seq_len + 1]
+            offset += seq_len
+            holder.pending = pending[offset:].tolist()
+            yield window
+        pending = pending[offset:]
+        holder.pending = pending.tolist()
+
+
+@dataclass
+class MixturePosition:
+    """Documents drawn so far and the packed tokens not yet emitted."""
+
+    draws: int = 0
+    pending: list[int] = field(default_factory=list)
+
+
+class MixedStream:
+    """Several sources' document streams for one reader, drawn by weight; packed like a single stream.
+
+    Draw ``n`` picks its source with a generator seeded by ``(seed, reader, n)``, so the sequence of
+    sources is fixed by the seed and the position is just the draw count plus each source's own.
+    """
+
+    def __init__(self, components: Sequence[ReaderStream], weights: Sequence[float], reader: int) -> None:
+        if len(components) != len(weights) or not components:
+            raise ValueError("a mixture needs one weight per source and at least one source")
+        if min(weights) < 0 or sum(weights) <= 0:
+            raise ValueError(f"mixture weights must be non-negative with a positive sum, got {list(weights)}")
+        self.components = list(components)
+        self.probabilities = np.asarray(weights, dtype=np.float64) / float(sum(weights))
+        self.spec = components[0].spec
+        self.reader = reader
+        self.position = MixturePosition()
+
+    def documents(self) -> Iterator[Sequence[int]]:
+        streams = [component.documents() for component in self.components]
+        while True:
+            rng = np.random.default_rng([self.spec.seed, self.reader, self.position.draws])
+            choice = int(rng.choice(len(streams), p=self.probabilities))
+            ids = next(streams[choice])
+            self.position.draws += 1
+            yield ids
+
+    def windows(self) -> Iterator[np.ndarray]:
+        return pack_windows(self.documents(), self.spec, self.position)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "mixture": asdict(self.position),
+            "probabilities": self.probabilities.tolist(),
+            "components": [component.state_dict() for component in self.components],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "mixture" not in state or len(state["components"]) != len(self.components):
+            raise ValueError("cannot resume the data stream: the saved position is not of this mixture")
+        if not np.allclose(state["probabilities"], self.probabilities):
+            raise ValueError(
+                f"cannot resume the data stream: mixture weights changed from {state['probabilities']} "
+                f"to {self.probabilities.tolist()}"
+            )
+        for component, saved in zip(self.components, state["components"], strict=True):
+            component.load_state_dict(saved)
+        self.position = MixturePosition(**state["mixture"])
 
 
 def _take(iterator: Iterator[Any], count: int) -> list[Any]:

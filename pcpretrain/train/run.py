@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from pcpretrain import pc
 from pcpretrain.config import ConfigError, TrainConfig, load_yaml, to_yaml, validate
-from pcpretrain.data.batches import PackedWindows, StreamingBatches
+from pcpretrain.data.batches import PackedWindows, StreamComponent, StreamingBatches
 from pcpretrain.data.pipeline import PreparedData, prepare_data
 from pcpretrain.data.stream import StreamSpec
 from pcpretrain.data.validation import validation_batches
@@ -238,20 +238,27 @@ def build_train_batches(
     cfg: TrainConfig, data: PreparedData, accelerator: Accelerator, grad_accum: int
 ) -> StreamingBatches:
     """This rank's loader: one packed stream per worker, disjoint from every other rank's and worker's."""
-    spec = StreamSpec(
-        seq_len=cfg.data.seq_len,
-        seed=cfg.seed,
-        shuffle=cfg.data.shuffle,
-        shuffle_buffer=cfg.data.shuffle_buffer,
-        num_readers=accelerator.num_processes * max(cfg.data.num_workers, 1),
-        num_shards=data.source.num_shards,
-        bos_id=data.tokenizer.bos_id if cfg.data.add_bos else None,
-        eos_id=data.tokenizer.eos_id if cfg.data.add_eos else None,
-        vocab_size=data.tokenizer.vocab_size,
-    )
-    dataset = PackedWindows(
-        data.source, data.encoder, spec, accelerator.process_index, cfg.data.num_workers, data.skip_head
-    )
+    components = [
+        StreamComponent(
+            part.source,
+            part.encoder,
+            StreamSpec(
+                seq_len=cfg.data.seq_len,
+                seed=cfg.seed,
+                shuffle=cfg.data.shuffle,
+                shuffle_buffer=cfg.data.shuffle_buffer,
+                num_readers=accelerator.num_processes * max(cfg.data.num_workers, 1),
+                num_shards=part.source.num_shards,
+                bos_id=data.tokenizer.bos_id if cfg.data.add_bos else None,
+                eos_id=data.tokenizer.eos_id if cfg.data.add_eos else None,
+                vocab_size=data.tokenizer.vocab_size,
+            ),
+            part.weight,
+            part.skip_head,
+        )
+        for part in data.components
+    ]
+    dataset = PackedWindows(components, accelerator.process_index, cfg.data.num_workers)
     return StreamingBatches(dataset, cfg.trainer.micro_batch_size, grad_accum, accelerator.num_processes)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pcpretrain.data.batches import PackedWindows, StreamingBatches
+from pcpretrain.data.batches import PackedWindows, StreamComponent, StreamingBatches
 from pcpretrain.data.in_memory import InMemoryShards
 from pcpretrain.data.stream import StreamSpec
 
@@ -33,7 +33,7 @@ def batches(docs, *, rank=0, world=1, workers=2, micro=2, accum=2, shards=8) -> 
         eos_id=EOS,
         vocab_size=5000,
     )
-    dataset = PackedWindows(InMemoryShards(docs, shards), Identity(), spec, rank, workers)
+    dataset = PackedWindows([StreamComponent(InMemoryShards(docs, shards), Identity(), spec)], rank, workers)
     return StreamingBatches(dataset, micro_batch_size=micro, grad_accum_steps=accum, world_size=world)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pcpretrain.data.in_memory import InMemoryShards
-from pcpretrain.data.stream import ReaderStream, StreamSpec
+from pcpretrain.data.stream import MixedStream, ReaderStream, StreamSpec
 
 BOS, EOS, VOCAB = 1, 2, 10_000
 
@@ -123,3 +123,30 @@ def test_a_reader_without_documents_is_an_error_not_a_hang() -> None:
     stream = ReaderStream(source, identity, spec(1, 2), 1)
     with pytest.raises(ValueError, match="reader 1 of 2 found no documents"):
         next(stream.documents())
+
+
+def mixture(weights: list[float], reader: int = 0) -> MixedStream:
+    """Two sources whose documents are told apart by their first id (100+ and 5000+)."""
+    a = InMemoryShards(corpus(50), 2)
+    b = InMemoryShards([[5000 + i, 7, 7] for i in range(30)], 3)
+    parts = [ReaderStream(a, identity, spec(2, 1), reader), ReaderStream(b, identity, spec(3, 1), reader)]
+    return MixedStream(parts, weights, reader)
+
+
+def test_mixture_draws_sources_by_weight_deterministically() -> None:
+    drawn = [int(ids[0]) for ids in itertools.islice(mixture([3.0, 1.0]).documents(), 400)]
+    share_b = sum(doc >= 5000 for doc in drawn) / len(drawn)
+    assert 0.18 < share_b < 0.32
+    assert drawn == [int(ids[0]) for ids in itertools.islice(mixture([3.0, 1.0]).documents(), 400)]
+
+
+def test_mixture_resumes_exactly_and_refuses_changed_weights() -> None:
+    expected = [w.copy() for w in itertools.islice(mixture([1.0, 1.0]).windows(), 50)]
+    first = mixture([1.0, 1.0])
+    head = list(itertools.islice(first.windows(), 17))
+    resumed = mixture([1.0, 1.0])
+    resumed.load_state_dict(first.state_dict())
+    rest = list(itertools.islice(resumed.windows(), 33))
+    assert all(np.array_equal(a, b) for a, b in zip(head + rest, expected, strict=True))
+    with pytest.raises(ValueError, match="mixture weights changed"):
+        mixture([2.0, 1.0]).load_state_dict(first.state_dict())
