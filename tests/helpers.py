@@ -64,3 +64,14 @@ def tiny_config(run_dir: Path, *overrides: str):
     cfg = compose_config(*TINY_OVERRIDES, *overrides)
     cfg.run.dir = str(run_dir)
     return cfg
+
+
+def assert_resume_is_exact(overrides: list[str], stop_at: int, root: Path) -> list[dict]:
+    """Run straight, then stopped at ``stop_at`` and resumed; the losses must match step for step."""
+    run_cli("train", *overrides, f"run.dir={root / 'straight'}")
+    run_cli("train", *overrides, f"trainer.stop_at={stop_at}", f"run.dir={root / 'resumed'}")
+    run_cli("train", *overrides, f"run.dir={root / 'resumed'}")
+    straight, resumed = read_metrics(root / "straight"), read_metrics(root / "resumed")
+    assert [r["step"] for r in resumed] == [r["step"] for r in straight]
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]
+    return straight

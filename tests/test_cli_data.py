@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import TINY_OVERRIDES, read_metrics, run_cli
+from helpers import TINY_OVERRIDES, assert_resume_is_exact, read_metrics, run_cli
 
 from pcpretrain.data.pipeline import PretokenizedEncoder, TextEncoder
 from pcpretrain.data.sources import TextSource
@@ -79,12 +79,7 @@ def test_multi_shard_corpus_with_workers_resumes_exactly(milton: Path, llama2: P
         "trainer.max_steps=6",
         "checkpoint.every=3",
     ]
-    run_cli("train", *common, f"run.dir={tmp_path / 'straight'}")
-    run_cli("train", *common, "trainer.stop_at=3", f"run.dir={tmp_path / 'resumed'}")
-    run_cli("train", *common, f"run.dir={tmp_path / 'resumed'}")
-    straight, resumed = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")
-    assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]
-    assert len(resumed) == 6
+    assert len(assert_resume_is_exact(common, 3, tmp_path)) == 6
 
 
 def test_training_from_token_shards(shards: Path, milton: Path, llama2: Path, tmp_path: Path) -> None:
@@ -175,8 +170,4 @@ def test_weighted_mixture_of_files_and_token_shards_trains_and_resumes(
         "trainer.max_steps=4",
         "checkpoint.every=2",
     ]
-    run_cli("train", *common, f"run.dir={tmp_path / 'straight'}")
-    run_cli("train", *common, "trainer.stop_at=2", f"run.dir={tmp_path / 'resumed'}")
-    run_cli("train", *common, f"run.dir={tmp_path / 'resumed'}")
-    straight = [r["loss"] for r in read_metrics(tmp_path / "straight")]
-    assert [r["loss"] for r in read_metrics(tmp_path / "resumed")] == straight and len(straight) == 4
+    assert len(assert_resume_is_exact(common, 2, tmp_path)) == 4
