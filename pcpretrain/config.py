@@ -19,7 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 PC_DEGREES = (0, 1, 2, 3, 4)
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
-OPTIMIZERS = ("adamw",)
+OPTIMIZERS = ("adamw", "muon")
+NS_COEFFICIENTS = ("simple", "quintic", "polar_express", "aol")
+NS_DTYPES = ("bfloat16", "float32")
+LR_ADJUSTMENTS = ("moonlight", "spectral_mup", "original")
 SCHEDULERS = ("cosine",)
 DATA_SOURCES = ("sample", "files", "hub", "shards", "mixture")
 MIXTURE_SOURCES = ("files", "hub", "shards")
@@ -68,14 +71,44 @@ class PCConfig:
 
 
 @dataclass
+class CategoryConfig:
+    """Per-category settings: a multiplier on the group's learning rate and its weight decay.
+
+    ``weight_decay: null`` takes ``optimizer.weight_decay``.
+    """
+
+    lr_mult: float = 1.0
+    weight_decay: float | None = None
+
+
+@dataclass
+class CategoriesConfig:
+    """The parameter categories of :mod:`pcpretrain.optim.routing`; vectors and gammas are not decayed."""
+
+    hidden_matrix: CategoryConfig = field(default_factory=CategoryConfig)
+    embedding: CategoryConfig = field(default_factory=CategoryConfig)
+    lm_head: CategoryConfig = field(default_factory=CategoryConfig)
+    vector: CategoryConfig = field(default_factory=lambda: CategoryConfig(weight_decay=0.0))
+    pc_gamma: CategoryConfig = field(default_factory=lambda: CategoryConfig(weight_decay=0.0))
+
+
+@dataclass
 class OptimizerConfig:
-    """Optimizer hyper-parameters; weight decay applies to matrices only."""
+    """AdamW, or Muon for hidden matrices with AdamW (``betas``, ``eps``, ``adamw_lr``) for the rest."""
 
     name: str = "adamw"
     lr: float = 3e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
     weight_decay: float = 0.1
+    adamw_lr: float | None = None
+    momentum: float = 0.95
+    nesterov: bool = True
+    ns_steps: int = 5
+    ns_coefficients: str = "simple"
+    ns_dtype: str = "bfloat16"
+    lr_adjust: str = "moonlight"
+    categories: CategoriesConfig = field(default_factory=CategoriesConfig)
 
 
 @dataclass
@@ -249,6 +282,21 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
     _positive("optimizer.weight_decay", cfg.optimizer.weight_decay, allow_zero=True)
     if len(cfg.optimizer.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.optimizer.betas):
         raise ConfigError(f"optimizer.betas={list(cfg.optimizer.betas)} must be two numbers in [0, 1)")
+    if cfg.optimizer.adamw_lr is not None:
+        _positive("optimizer.adamw_lr", cfg.optimizer.adamw_lr)
+    _choice("optimizer.ns_coefficients", cfg.optimizer.ns_coefficients, NS_COEFFICIENTS)
+    _choice("optimizer.ns_dtype", cfg.optimizer.ns_dtype, NS_DTYPES)
+    _choice("optimizer.lr_adjust", cfg.optimizer.lr_adjust, LR_ADJUSTMENTS)
+    _positive("optimizer.ns_steps", cfg.optimizer.ns_steps)
+    if not 0.0 <= cfg.optimizer.momentum < 1.0:
+        raise ConfigError(f"optimizer.momentum={cfg.optimizer.momentum} must lie in [0, 1)")
+    for category in fields(cfg.optimizer.categories):
+        settings = getattr(cfg.optimizer.categories, category.name)
+        _positive(f"optimizer.categories.{category.name}.lr_mult", settings.lr_mult, allow_zero=True)
+        if settings.weight_decay is not None:
+            _positive(
+                f"optimizer.categories.{category.name}.weight_decay", settings.weight_decay, allow_zero=True
+            )
     _choice("scheduler", cfg.scheduler.name, SCHEDULERS)
     _positive("scheduler.warmup_steps", cfg.scheduler.warmup_steps, allow_zero=True)
     if not 0.0 <= cfg.scheduler.end_ratio <= 1.0:

@@ -1,20 +1,47 @@
-"""Build the optimizer named by the config."""
+"""Build the optimizer named by the config over the routed parameter groups."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from pcpretrain.config import OptimizerConfig
-from pcpretrain.optim.param_groups import weight_decay_groups
+from pcpretrain.optim.routing import log_and_save, route
 
 
-def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    """AdamW over the model's parameters; fused kernels on CUDA, the foreach path elsewhere."""
-    groups = weight_decay_groups(model, cfg.weight_decay)
+def build_optimizer(
+    model: nn.Module, cfg: OptimizerConfig, assignment_file: Path | None = None
+) -> torch.optim.Optimizer:
+    """AdamW for every group, or Muon for hidden matrices with AdamW for the rest.
+
+    The group assignment is logged once and, when ``assignment_file`` is given, saved there.
+    """
+    groups = route(model, cfg)
+    log_and_save(groups, assignment_file)
+    param_groups = [group.as_param_group() for group in groups]
+    if cfg.name == "muon":
+        from pcpretrain.optim.muon import Muon
+
+        return Muon(
+            param_groups,
+            lr=cfg.lr,
+            betas=tuple(cfg.betas),
+            eps=cfg.eps,
+            weight_decay=cfg.weight_decay,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov,
+            ns_steps=cfg.ns_steps,
+            coefficients=cfg.ns_coefficients,
+            ns_dtype=cfg.ns_dtype,
+            lr_adjust=cfg.lr_adjust,
+        )
+    for group in param_groups:
+        group.pop("use_muon")
     on_cuda = next(model.parameters()).is_cuda
     return torch.optim.AdamW(
-        groups,
+        param_groups,
         lr=cfg.lr,
         betas=tuple(cfg.betas),
         eps=cfg.eps,

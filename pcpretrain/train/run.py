@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
+OPTIMIZER_GROUPS_FILE = "optimizer_groups.json"
 
 
 @dataclass
@@ -89,7 +90,9 @@ def run_training(cfg: TrainConfig, run_dir: Path) -> RunSummary:
     converted = pc.apply_pc(model, cfg.pc.degree, cfg.pc.targets, cfg.pc.power_iters, seed=cfg.seed)
     log.info("PC degree %d on %d matrices", cfg.pc.degree, len(converted))
     model.to(accelerator.device)
-    optimizer = build_optimizer(model, cfg.optimizer)
+    optimizer = build_optimizer(
+        model, cfg.optimizer, run_dir / OPTIMIZER_GROUPS_FILE if accelerator.is_main_process else None
+    )
     scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.trainer.max_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
