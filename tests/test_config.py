@@ -133,3 +133,20 @@ def test_a_source_without_a_held_out_set_is_refused() -> None:
     with pytest.raises(ConfigError, match="has no held-out set; set data.validation_files"):
         validate(cfg)
     validate(composed("data=files", "data.train_files=[a.jsonl]", "data.validation_documents=10"))
+
+
+PAPER = {"1b": ("1B", 3e-4, 1.5e-3), "271m": ("271M", 8.485e-4, 4.243e-3)}
+
+
+@pytest.mark.parametrize("size", ["1b", "271m"])
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+@pytest.mark.parametrize("kind", ["baseline", "pc"])
+def test_paper_recipes_compose_to_the_paper_settings(size: str, optimizer: str, kind: str) -> None:
+    cfg = composed(f"experiment=paper_{size}_{optimizer}_{kind}")
+    model, adamw_lr, muon_lr = PAPER[size]
+    assert (cfg.model.name, cfg.optimizer.name) == (model, optimizer)
+    assert cfg.optimizer.lr == (adamw_lr if optimizer == "adamw" else muon_lr)
+    assert cfg.pc.degree == (0 if kind == "baseline" else {"adamw": 4, "muon": 2}[optimizer])
+    assert (cfg.data.seq_len, cfg.trainer.batch_size * cfg.data.seq_len) == (8192, 2_621_440)
+    assert (cfg.trainer.max_steps, cfg.scheduler.warmup_steps, cfg.scheduler.end_ratio) == (61100, 611, 0.1)
+    assert cfg.data.hub.path == "HuggingFaceFW/fineweb"
