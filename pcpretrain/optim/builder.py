@@ -22,9 +22,9 @@ def build_optimizer(
     log_and_save(groups, assignment_file)
     param_groups = [group.as_param_group() for group in groups]
     if cfg.name == "muon":
-        from pcpretrain.optim.muon import Muon
+        from pcpretrain.optim.distributed_muon import DistributedMuon
 
-        return Muon(
+        return DistributedMuon(
             param_groups,
             lr=cfg.lr,
             betas=tuple(cfg.betas),

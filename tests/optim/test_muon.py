@@ -1,0 +1,221 @@
+"""Muon steps against an independent float64 recomputation, AdamW groups against torch's AdamW."""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from pcpretrain.optim.muon import LR_ADJUSTMENTS, Muon, adjusted_lr
+
+LR, MUON_WD, MOMENTUM = 0.05, 0.1, 0.95
+ADAM_LR, ADAM_WD, BETAS, EPS = 3e-3, 0.05, (0.9, 0.95), 1e-8
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Matrices here are tiny: intra-op threads only add overhead, badly so on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class Tiny(nn.Module):
+    """Two linear layers, a 3-D weight (flattened by Muon) and an embedding-like AdamW matrix."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Linear(12, 24), nn.ReLU(), nn.Linear(24, 8))
+        self.kernel = nn.Parameter(torch.randn(6, 4, 5) * 0.1)
+        self.table = nn.Parameter(torch.randn(10, 12) * 0.1)
+
+    def muon_params(self) -> dict[str, nn.Parameter]:
+        return {
+            "body.0.weight": self.body[0].weight,
+            "body.2.weight": self.body[2].weight,
+            "kernel": self.kernel,
+        }
+
+    def adam_params(self) -> dict[str, nn.Parameter]:
+        return {"body.0.bias": self.body[0].bias, "body.2.bias": self.body[2].bias, "table": self.table}
+
+
+def make_optimizer(model: Tiny, **muon: object) -> Muon:
+    groups = [
+        {"params": list(model.muon_params().values()), "names": list(model.muon_params()), "use_muon": True},
+        {
+            "params": list(model.adam_params().values()),
+            "use_muon": False,
+            "lr": ADAM_LR,
+            "weight_decay": ADAM_WD,
+        },
+    ]
+    defaults = dict(lr=LR, weight_decay=MUON_WD, momentum=MOMENTUM, ns_dtype="float32", betas=BETAS, eps=EPS)
+    defaults.update(muon)
+    return Muon(groups, **defaults)
+
+
+def fixed_grads(model: nn.Module, seed: int) -> dict[str, Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return {name: torch.randn(p.shape, generator=gen) for name, p in model.named_parameters()}
+
+
+def set_grads(model: nn.Module, grads: dict[str, Tensor]) -> None:
+    for name, p in model.named_parameters():
+        p.grad = grads[name].clone()
+
+
+def reference_ns(m: Tensor, steps: int = 5) -> Tensor:
+    """The Muon reference quintic in float64, written out as a polynomial in X X^T."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = m.double()
+    transposed = x.shape[0] > x.shape[1]
+    if transposed:
+        x = x.T
+    x = x / x.norm()
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + b * gram @ x + c * gram @ gram @ x
+    return x.T if transposed else x
+
+
+def reference_muon(weight: Tensor, grads: list[Tensor]) -> Tensor:
+    """Nesterov momentum, decoupled weight decay and moonlight scaling, step by step in float64."""
+    w, buf = weight.double().clone(), torch.zeros_like(weight, dtype=torch.float64)
+    rows, cols = weight.shape[0], math.prod(weight.shape[1:])
+    scale = LR * 0.2 * math.sqrt(max(rows, cols))
+    for g in grads:
+        buf = MOMENTUM * buf + g.double()
+        update = g.double() + MOMENTUM * buf
+        ortho = reference_ns(update.reshape(rows, cols)).reshape(weight.shape)
+        w = w * (1 - LR * MUON_WD) - scale * ortho
+    return w
+
+
+def test_two_steps_match_an_independent_float64_recomputation() -> None:
+    model = Tiny()
+    start = {name: p.detach().clone() for name, p in model.named_parameters()}
+    opt = make_optimizer(model)
+    grads = [fixed_grads(model, 1), fixed_grads(model, 2)]
+    for g in grads:
+        set_grads(model, g)
+        opt.step()
+    for name, p in model.muon_params().items():
+        expected = reference_muon(start[name], [g[name] for g in grads])
+        torch.testing.assert_close(p.detach().double(), expected, rtol=0, atol=1e-5)
+        assert not torch.allclose(p.detach(), start[name], atol=1e-3)
+
+
+def test_adamw_groups_match_torch_adamw() -> None:
+    model, twin = Tiny(), Tiny()
+    opt = make_optimizer(model)
+    reference = torch.optim.AdamW(
+        list(twin.adam_params().values()),
+        lr=ADAM_LR,
+        betas=BETAS,
+        eps=EPS,
+        weight_decay=ADAM_WD,
+        foreach=False,
+    )
+    for seed in (1, 2, 3):
+        grads = fixed_grads(model, seed)
+        set_grads(model, grads)
+        set_grads(twin, grads)
+        opt.step()
+        reference.step()
+    for name, p in model.adam_params().items():
+        torch.testing.assert_close(p, twin.adam_params()[name], rtol=1e-6, atol=1e-7)
+        state, ref_state = opt.state[p], reference.state[twin.adam_params()[name]]
+        torch.testing.assert_close(state["exp_avg_sq"], ref_state["exp_avg_sq"], rtol=1e-6, atol=0)
+        assert float(state["step"]) == float(ref_state["step"]) == 3.0
+
+
+def test_adjusted_lr_on_the_1b_ffn_shape() -> None:
+    lr = 1.5e-3
+    assert adjusted_lr(lr, (2048, 5632), "moonlight") == pytest.approx(lr * 0.2 * math.sqrt(5632))
+    assert adjusted_lr(lr, (2048, 5632), "moonlight") == pytest.approx(0.0225141, rel=1e-5)
+    assert adjusted_lr(lr, (2048, 5632), "spectral_mup") == pytest.approx(lr * math.sqrt(2048 / 5632))
+    assert adjusted_lr(lr, (2048, 5632), "original") == pytest.approx(lr)
+    assert adjusted_lr(lr, (5632, 2048), "original") == pytest.approx(lr * math.sqrt(5632 / 2048))
+    assert adjusted_lr(lr, (4, 3, 5), "spectral_mup") == pytest.approx(lr * math.sqrt(4 / 15))
+    with pytest.raises(ValueError, match="moonlight"):
+        adjusted_lr(lr, (4, 4), "mup")
+    assert LR_ADJUSTMENTS == ("moonlight", "spectral_mup", "original")
+
+
+def test_state_dict_round_trip_resumes_bit_identically() -> None:
+    straight = Tiny()
+    opt = make_optimizer(straight)
+    set_grads(straight, fixed_grads(straight, 1))
+    opt.step()
+
+    resumed = copy.deepcopy(straight)
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    buffer.seek(0)
+    opt_resumed = make_optimizer(resumed, lr=123.0)  # the loaded groups must override this
+    opt_resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    assert opt_resumed.param_groups[0]["lr"] == LR
+
+    grads = fixed_grads(straight, 2)
+    for model, optimizer in ((straight, opt), (resumed, opt_resumed)):
+        set_grads(model, grads)
+        optimizer.step()
+    for (name, p), q in zip(straight.named_parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(p, q), name
+
+
+def test_state_layout() -> None:
+    model = Tiny()
+    opt = make_optimizer(model)
+    set_grads(model, fixed_grads(model, 1))
+    opt.step()
+    for p in model.muon_params().values():
+        assert set(opt.state[p]) == {"momentum_buffer"}
+        assert opt.state[p]["momentum_buffer"].dtype == torch.float32
+    for p in model.adam_params().values():
+        assert set(opt.state[p]) == {"step", "exp_avg", "exp_avg_sq"}
+        assert isinstance(opt.state[p]["step"], Tensor)
+
+
+@pytest.mark.parametrize("coefficients", ["quintic", "polar_express", "aol"])
+def test_other_sets_and_bfloat16_iteration_take_finite_steps(coefficients: str) -> None:
+    model = Tiny()
+    opt = make_optimizer(model, coefficients=coefficients, ns_dtype="bfloat16", nesterov=False)
+    set_grads(model, fixed_grads(model, 1))
+    opt.step()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_params_without_grad_are_skipped() -> None:
+    model = Tiny()
+    opt = make_optimizer(model)
+    before = model.kernel.detach().clone()
+    opt.step()
+    assert torch.equal(model.kernel, before) and not opt.state
+
+
+def test_vector_in_a_muon_group_is_named() -> None:
+    model = Tiny()
+    groups = [{"params": [model.body[0].bias], "names": ["body.0.bias"], "use_muon": True}]
+    with pytest.raises(ValueError, match=r"body\.0\.bias"):
+        Muon(groups)
+    with pytest.raises(ValueError, match=r"body\.0\.bias"):
+        Muon([{"params": [("body.0.bias", model.body[0].bias)], "use_muon": True}])
+
+
+def test_groups_must_declare_their_rule_and_valid_options() -> None:
+    model = Tiny()
+    with pytest.raises(ValueError, match="use_muon"):
+        Muon(model.parameters())
+    weight = [model.body[0].weight]
+    for bad in ({"lr_adjust": "mup"}, {"ns_dtype": "float16"}, {"coefficients": "cubic"}, {"ns_steps": 0}):
+        with pytest.raises(ValueError):
+            Muon([{"params": weight, "use_muon": True, **bad}])
