@@ -13,6 +13,10 @@ commands:
                                  model=debug pc.degree=2 trainer.max_steps=50 run.dir=runs/x
                                  (-m for a sweep: pcpretrain train -m pc.degree=0,4)
   export <checkpoint> <out dir>  write the merged Hugging Face Llama of an unmerged checkpoint
+  compare <run or sweep dirs...> [--png F]
+                                 table of optimizer, degree, lr, losses, tokens/s; validation curves
+  schedule [overrides...] [--png F]
+                                 print (and plot) the learning-rate schedule a config would use
   tokenize --tokenizer M --out D (FILES... | --hub PATH)
                                  tokenize a corpus once into memory-mapped token shards
   tokenizer train --out M --vocab-size N (FILES... | --hub PATH)
@@ -33,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
         return train_command(rest)
     if command == "export":
         return export_command(rest)
+    if command == "compare":
+        return compare_command(rest)
+    if command == "schedule":
+        return schedule_command(rest)
     if command == "tokenize":
         return tokenize_command(rest)
     if command == "tokenizer":
@@ -117,6 +125,56 @@ def export_command(args: list[str]) -> int:
         print(f"pcpretrain export: {exc}", file=sys.stderr)
         return 1
     print(f"merged model written to {out}")
+    return 0
+
+
+def compare_command(args: list[str]) -> int:
+    """Compare finished or running runs (a sweep directory expands to its runs)."""
+    parser = argparse.ArgumentParser(prog="pcpretrain compare", description=compare_command.__doc__)
+    parser.add_argument("paths", nargs="+", type=Path, help="run directories or sweep directories")
+    parser.add_argument("--png", type=Path, default=None, help="where to write the validation curves")
+    ns = parser.parse_args(args)
+    from pcpretrain.analysis.compare import compare
+
+    png = ns.png or (
+        ns.paths[0] / "validation_curves.png" if ns.paths[0].is_dir() else Path("validation_curves.png")
+    )
+    from omegaconf.errors import OmegaConfBaseException
+    from yaml import YAMLError
+
+    try:
+        print(compare(ns.paths, png))
+    except (ValueError, OSError, OmegaConfBaseException, YAMLError) as exc:
+        print(f"pcpretrain compare: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def schedule_command(args: list[str]) -> int:
+    """Print the learning-rate schedule of the config that ``pcpretrain train <overrides>`` would use."""
+    parser = argparse.ArgumentParser(prog="pcpretrain schedule", description=schedule_command.__doc__)
+    parser.add_argument("overrides", nargs="*", help="the same overrides as for train")
+    parser.add_argument("--png", type=Path, default=None, help="also plot the schedule to this PNG")
+    ns = parser.parse_args(args)
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    from pcpretrain.analysis.schedule_preview import plot_schedule, schedule_table
+    from pcpretrain.config import ConfigError, register_configs, to_train_config, validate
+
+    register_configs()
+    try:
+        with initialize_config_dir(
+            config_dir=str(Path(__file__).resolve().parent / "configs"), version_base="1.3"
+        ):
+            cfg = to_train_config(compose(config_name="train", overrides=ns.overrides))
+        validate(cfg)
+    except (ConfigError, HydraException) as exc:
+        print(f"pcpretrain schedule: configuration error: {exc}", file=sys.stderr)
+        return 2
+    print(schedule_table(cfg.scheduler, cfg.trainer.max_steps, cfg.optimizer.lr))
+    if ns.png:
+        print(f"plot: {plot_schedule(cfg.scheduler, cfg.trainer.max_steps, cfg.optimizer.lr, ns.png)}")
     return 0
 
 

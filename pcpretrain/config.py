@@ -23,7 +23,7 @@ OPTIMIZERS = ("adamw", "muon")
 NS_COEFFICIENTS = ("simple", "quintic", "polar_express", "aol")
 NS_DTYPES = ("bfloat16", "float32")
 LR_ADJUSTMENTS = ("moonlight", "spectral_mup", "original")
-SCHEDULERS = ("cosine",)
+SCHEDULERS = ("cosine", "wsd", "linear")
 DATA_SOURCES = ("sample", "files", "hub", "shards", "mixture")
 MIXTURE_SOURCES = ("files", "hub", "shards")
 CHECKPOINT_FORMS = ("unmerged", "merged")
@@ -113,11 +113,13 @@ class OptimizerConfig:
 
 @dataclass
 class SchedulerConfig:
-    """Learning-rate schedule: linear warmup then cosine decay to ``end_ratio`` x peak."""
+    """Learning-rate schedule: linear warmup, then ``cosine`` or ``linear`` decay to ``end_ratio`` x peak,
+    or ``wsd`` (warmup, stable, then linear decay over the last ``decay_fraction`` of the steps)."""
 
     name: str = "cosine"
     warmup_steps: int = 10
     end_ratio: float = 0.1
+    decay_fraction: float = 0.2
 
 
 @dataclass
@@ -301,6 +303,8 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
     _positive("scheduler.warmup_steps", cfg.scheduler.warmup_steps, allow_zero=True)
     if not 0.0 <= cfg.scheduler.end_ratio <= 1.0:
         raise ConfigError(f"scheduler.end_ratio={cfg.scheduler.end_ratio} must lie in [0, 1]")
+    if not 0.0 < cfg.scheduler.decay_fraction <= 1.0:
+        raise ConfigError(f"scheduler.decay_fraction={cfg.scheduler.decay_fraction} must lie in (0, 1]")
     _validate_model(cfg)
     _validate_data(cfg)
     _validate_trainer(cfg, world_size)

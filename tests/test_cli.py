@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -174,3 +175,29 @@ def test_usage_and_unknown_command() -> None:
     assert "commands:" in run_cli().stdout
     unknown = run_cli("trian", expect_ok=False)
     assert unknown.returncode == 2 and "unknown command 'trian'" in unknown.stderr
+
+
+def test_optimizer_by_degree_sweep_then_compare(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    run_cli(
+        "train",
+        "-m",
+        "optimizer=adamw,muon",
+        "pc.degree=0,2",
+        *TINY_OVERRIDES,
+        "trainer.max_steps=2",
+        f"run.dir={sweep}",
+    )
+    points = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert points == [f"optimizer={o},pc.degree={d}" for o in ("adamw", "muon") for d in (0, 2)]
+    result = run_cli("compare", str(sweep), "--png", str(tmp_path / "curves.png"))
+    table_lines = [line for line in result.stdout.splitlines() if line.startswith(("adamw", "muon"))]
+    assert len(table_lines) == 4
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    groups = json.loads((sweep / "optimizer=muon,pc.degree=2" / "optimizer_groups.json").read_text())
+    assert [g["category"] for g in groups if g["optimizer"] == "muon"] == ["hidden_matrix"]
+
+
+def test_schedule_command_prints_the_curve(tmp_path: Path) -> None:
+    result = run_cli("schedule", "scheduler=wsd", "trainer.max_steps=100", "--png", str(tmp_path / "lr.png"))
+    assert "step" in result.stdout and (tmp_path / "lr.png").is_file()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import io
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -15,15 +14,6 @@ from pcpretrain.optim.muon import LR_ADJUSTMENTS, Muon, adjusted_lr
 
 LR, MUON_WD, MOMENTUM = 0.05, 0.1, 0.95
 ADAM_LR, ADAM_WD, BETAS, EPS = 3e-3, 0.05, (0.9, 0.95), 1e-8
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Matrices here are tiny: intra-op threads only add overhead, badly so on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class Tiny(nn.Module):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import Tensor
@@ -13,15 +11,6 @@ from pcpretrain.optim.newton_schulz import COEFFICIENT_SETS, aol_rescale, froben
 SETS = sorted(COEFFICIENT_SETS)
 # Steps after which each set has settled even for singular values ~5e-4 after normalisation.
 SETTLED_STEPS = {"simple": 8, "quintic": 20, "polar_express": 10, "aol": 12}
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Matrices here are tiny: intra-op threads only add overhead, badly so on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def gaussian(rows: int, cols: int, seed: int) -> Tensor:

@@ -128,3 +128,13 @@ def test_resume_from_an_explicit_older_checkpoint_replays_the_same_steps(
     replayed = losses(tmp_path)
     assert sorted(replayed) == [5, 6]
     assert replayed == {step: loss for step, loss in losses(straight_run).items() if step > 4}
+
+
+@pytest.mark.parametrize("choice", ["optimizer=muon", "scheduler=wsd", "scheduler=linear"])
+def test_resume_is_exact_with_muon_and_each_schedule(choice: str, tmp_path: Path) -> None:
+    common = ("trainer.max_steps=4", "checkpoint.every=2", choice)
+    run_training(tiny_config(tmp_path / "straight", *common), tmp_path / "straight")
+    run_training(tiny_config(tmp_path / "resumed", *common, "trainer.stop_at=2"), tmp_path / "resumed")
+    run_training(tiny_config(tmp_path / "resumed", *common), tmp_path / "resumed")
+    assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
+    assert len(losses(tmp_path / "straight")) == 4
