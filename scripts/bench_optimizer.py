@@ -1,0 +1,74 @@
+"""Optimizer step time, Muon next to AdamW, for a model shape (default: the paper's 1B), in one process.
+
+Gradients are random (the step's cost does not depend on their values); each optimizer is timed
+over ``--steps`` steps after ``--warmup`` steps, on the GPU when there is one.
+
+    python scripts/bench_optimizer.py                    # 1B shapes on the GPU
+    python scripts/bench_optimizer.py --model debug      # small shapes, runs on a CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+
+from pcpretrain import pc
+from pcpretrain.config import register_configs, to_train_config
+from pcpretrain.model import build_model
+from pcpretrain.optim import build_optimizer
+
+CONFIGS = Path(__file__).resolve().parents[1] / "pcpretrain" / "configs"
+
+
+def optimizer_config(name: str, model: str):
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = to_train_config(compose(config_name="train", overrides=[f"optimizer={name}", f"model={model}"]))
+    return cfg
+
+
+def time_steps(
+    name: str, model_name: str, degree: int, steps: int, warmup: int, device: torch.device
+) -> float:
+    cfg = optimizer_config(name, model_name)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, cfg.model.vocab_size or 32000).to(device)
+    pc.apply_pc(model, degree)
+    optimizer = build_optimizer(model, cfg.optimizer)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    for _ in range(warmup):
+        optimizer.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        optimizer.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="1B", help="a model config name: tiny, debug, 271M, 1B")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    adamw = time_steps("adamw", args.model, 4, args.steps, args.warmup, device)
+    muon = time_steps("muon", args.model, 2, args.steps, args.warmup, device)
+    print(f"model {args.model} on {torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}")
+    print(f"{'optimizer':10} {'step ms':>10} {'vs AdamW':>9}")
+    print(f"{'adamw':10} {adamw * 1e3:10.1f} {1.0:9.2f}")
+    print(f"{'muon':10} {muon * 1e3:10.1f} {muon / adamw:9.2f}")
+
+
+if __name__ == "__main__":
+    main()
