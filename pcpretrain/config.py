@@ -363,8 +363,10 @@ def _validate_data(cfg: TrainConfig) -> None:
     if d.tokenizer.path is None:
         _positive("data.tokenizer.vocab_size", d.tokenizer.vocab_size)
         _positive("data.tokenizer.train_documents", d.tokenizer.train_documents)
-    elif not Path(d.tokenizer.path).is_file():
-        raise ConfigError(f"data.tokenizer.path={d.tokenizer.path!r}: no such file (a SentencePiece .model)")
+    elif not Path(d.tokenizer.path).exists():
+        raise ConfigError(
+            f"data.tokenizer.path={d.tokenizer.path!r}: no such file (a SentencePiece .model or a tokenizer directory)"
+        )
 
 
 def _require_source_keys(prefix: str, source: str, node: DataConfig | MixtureSourceConfig) -> None:

@@ -57,8 +57,19 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: str | Path) -> Tokenizer:
-        """Load a SentencePiece `.model` file, with errors that name the path and the problem."""
+        """Load a SentencePiece `.model` file, or a Hugging Face tokenizer directory that carries one.
+
+        Llama-family tokenizer directories ship their SentencePiece model as `tokenizer.model`; a
+        directory without one (a `tokenizer.json`-only BPE) is refused with a clear message.
+        """
         path = Path(path)
+        if path.is_dir():
+            if not (path / HF_MODEL_FILE).is_file():
+                raise ValueError(
+                    f"{path} is a tokenizer directory without {HF_MODEL_FILE}; pcpretrain needs a "
+                    "SentencePiece model (Llama-family directories include one)"
+                )
+            path = path / HF_MODEL_FILE
         if not path.is_file():
             raise FileNotFoundError(f"tokenizer model not found: {path}")
         processor = spm.SentencePieceProcessor()

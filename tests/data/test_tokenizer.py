@@ -126,3 +126,17 @@ def test_save_pretrained_matches_sentencepiece(
         assert hf(text)["input_ids"] == [tok.bos_id, *ids]
         assert hf.decode(ids) == tok.decode(ids)
     assert (hf.bos_token_id, hf.eos_token_id) == (tok.bos_id, tok.eos_id)
+
+
+def test_a_hugging_face_tokenizer_directory_loads_through_its_sentencepiece_model(tmp_path: Path) -> None:
+    model = tmp_path / "src.model"
+    tokenizer = train_sentencepiece(
+        ["alpha beta gamma delta " * 20, "epsilon zeta eta theta " * 20] * 30, 300, model
+    )
+    hf_dir = tmp_path / "hf"
+    tokenizer.save_pretrained(hf_dir)
+    loaded = Tokenizer.load(hf_dir)
+    assert loaded.encode("alpha beta") == tokenizer.encode("alpha beta")
+    (hf_dir / "tokenizer.model").unlink()
+    with pytest.raises(ValueError, match="without tokenizer.model"):
+        Tokenizer.load(hf_dir)
