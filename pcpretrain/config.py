@@ -365,7 +365,8 @@ def _validate_data(cfg: TrainConfig) -> None:
         _positive("data.tokenizer.train_documents", d.tokenizer.train_documents)
     elif not Path(d.tokenizer.path).exists():
         raise ConfigError(
-            f"data.tokenizer.path={d.tokenizer.path!r}: no such file (a SentencePiece .model or a tokenizer directory)"
+            f"data.tokenizer.path={d.tokenizer.path!r}: no such file "
+            "(a SentencePiece .model or a tokenizer directory)"
         )
 
 
