@@ -64,6 +64,8 @@ class PreparedData:
     tokenizer: Tokenizer
     components: list[DataComponent]
     validation: list[Sequence[int]]
+    bos_id: int | None
+    eos_id: int | None
 
 
 def cache_dir(cfg: DataConfig) -> Path:
@@ -114,7 +116,9 @@ def prepare_data(cfg: DataConfig) -> PreparedData:
         len(validation),
         tokenizer.vocab_size,
     )
-    return PreparedData(tokenizer, components, validation)
+    bos_id = tokenizer.bos_id if cfg.add_bos else None
+    eos_id = tokenizer.eos_id if cfg.add_eos else None
+    return PreparedData(tokenizer, components, validation, bos_id, eos_id)
 
 
 def open_source(cfg: DataConfig | MixtureSourceConfig, cache: Path) -> DocumentShards:

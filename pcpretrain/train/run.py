@@ -118,8 +118,8 @@ def run_training(cfg: TrainConfig, run_dir: Path) -> RunSummary:
         validation_batches(
             data.validation,
             seq_len=cfg.data.seq_len,
-            bos_id=data.tokenizer.bos_id if cfg.data.add_bos else None,
-            eos_id=data.tokenizer.eos_id if cfg.data.add_eos else None,
+            bos_id=data.bos_id,
+            eos_id=data.eos_id,
             vocab_size=data.tokenizer.vocab_size,
             batch_size=cfg.trainer.micro_batch_size,
             max_batches=cfg.trainer.eval_batches,
@@ -134,15 +134,13 @@ def run_training(cfg: TrainConfig, run_dir: Path) -> RunSummary:
         speed,
         SpectralNormUpdate(log_every),
         evaluation,
-        ConsoleProgress(),
+        *([ConsoleProgress()] if cfg.logger.progress else []),
         MetricsFile(run_dir / METRICS_FILE, log_every),
     ]
     if cfg.logger.wandb.mode != "disabled":
         config_dict = OmegaConf.to_container(OmegaConf.structured(cfg))
         callbacks.append(WandbLogger(cfg.logger.wandb, run_dir, config_dict, log_every))
     callbacks.append(checkpointing)
-    if not cfg.logger.progress:
-        callbacks = [cb for cb in callbacks if not isinstance(cb, ConsoleProgress)]
 
     trainer = Trainer(
         accelerator=accelerator,
@@ -252,8 +250,8 @@ def build_train_batches(
                 shuffle_buffer=cfg.data.shuffle_buffer,
                 num_readers=accelerator.num_processes * max(cfg.data.num_workers, 1),
                 num_shards=part.source.num_shards,
-                bos_id=data.tokenizer.bos_id if cfg.data.add_bos else None,
-                eos_id=data.tokenizer.eos_id if cfg.data.add_eos else None,
+                bos_id=data.bos_id,
+                eos_id=data.eos_id,
                 vocab_size=data.tokenizer.vocab_size,
             ),
             part.weight,
