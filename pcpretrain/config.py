@@ -28,6 +28,9 @@ DATA_SOURCES = ("sample", "files", "hub", "shards", "mixture")
 MIXTURE_SOURCES = ("files", "hub", "shards")
 CHECKPOINT_FORMS = ("unmerged", "merged")
 WANDB_MODES = ("online", "offline", "disabled")
+ENGINES = ("single", "ddp", "fsdp", "zero1", "zero2", "zero3")
+ZERO_ENGINES = ("zero1", "zero2", "zero3")
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT")
 VERIFY_MODES = ("checksum", "size")
 
 
@@ -208,6 +211,24 @@ class TrainerConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """How the processes started by the launcher share the work; the process count is the launcher's.
+
+    ``engine``: ``single`` (one process), ``ddp`` (replicated weights, all-reduced gradients),
+    ``fsdp`` (FSDP2: parameters, gradients and optimizer state sharded per decoder layer; CUDA only),
+    ``zero1``/``zero2``/``zero3`` (DeepSpeed ZeRO: optimizer state / + gradients / + parameters
+    partitioned). Weights stay fp32 and gradients are reduced in fp32 under every engine; bf16 is
+    autocast compute. ``stop_signals`` make every rank stop at an agreed step, checkpoint and exit
+    with code 75 so the scheduler can requeue the job.
+    """
+
+    engine: str = "ddp"
+    timeout_s: int = 1800
+    fsdp_reshard_after_forward: bool = True
+    stop_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
+
+
+@dataclass
 class CheckpointConfig:
     """When and in which forms checkpoints are written; how many are kept."""
 
@@ -248,6 +269,7 @@ class TrainConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0
@@ -308,6 +330,7 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
     _validate_model(cfg)
     _validate_data(cfg)
     _validate_trainer(cfg, world_size)
+    _validate_distributed(cfg, world_size)
     _validate_checkpoint(cfg)
     _choice("logger.wandb.mode", cfg.logger.wandb.mode, WANDB_MODES)
     if cfg.resume not in ("auto", "never") and not Path(cfg.resume).exists():
@@ -400,6 +423,25 @@ def _validate_trainer(cfg: TrainConfig, world_size: int) -> None:
     if t.eval_batches is not None:
         _positive("trainer.eval_batches", t.eval_batches)
     _positive("trainer.log_every", t.log_every)
+
+
+def _validate_distributed(cfg: TrainConfig, world_size: int) -> None:
+    d = cfg.distributed
+    _choice("distributed", d.engine, ENGINES)
+    _positive("distributed.timeout_s", d.timeout_s)
+    for name in d.stop_signals:
+        _choice("distributed.stop_signals", name, STOP_SIGNALS)
+    if d.engine == "single" and world_size > 1:
+        raise ConfigError(
+            f"distributed=single but the launcher started {world_size} processes; "
+            "choose distributed=ddp, fsdp, zero1, zero2 or zero3, or launch one process"
+        )
+    if d.engine in ZERO_ENGINES and cfg.optimizer.name == "muon":
+        raise ConfigError(
+            f"optimizer=muon is not supported with distributed={d.engine}: ZeRO flattens parameters "
+            "into partitions, so Newton-Schulz would not see whole matrices; use distributed=ddp or "
+            "fsdp for Muon (AdamW works under every engine)"
+        )
 
 
 def _validate_checkpoint(cfg: TrainConfig) -> None:

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -154,8 +155,9 @@ class PCLinear(nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.effective_weight(), self.bias)
 
-    def update_spectral_estimate(self) -> None:
-        power_iteration_(self.weight, self.pc_u, self.pc_v, self.power_iters)
+    def update_spectral_estimate(self, weight: Tensor | None = None) -> None:
+        """Warm-started power iteration on ``weight`` (the whole matrix when ``self.weight`` is sharded)."""
+        power_iteration_(self.weight if weight is None else weight, self.pc_u, self.pc_v, self.power_iters)
 
     @torch.no_grad()
     def sigma(self) -> float:
@@ -203,22 +205,30 @@ def apply_pc(
     return names
 
 
-def update_spectral_estimates(model: nn.Module) -> None:
+# Gives read access to the whole tensor behind a parameter; identity unless an engine shards it.
+WeightView = Callable[[Tensor], AbstractContextManager[Tensor]]
+
+
+def update_spectral_estimates(model: nn.Module, weight_view: WeightView = nullcontext) -> None:
     """Refresh u, v of every PC module; call after each optimizer step (not per forward)."""
     for _, mod in pc_modules(model):
-        mod.update_spectral_estimate()
+        with weight_view(mod.weight) as weight:
+            mod.update_spectral_estimate(weight)
 
 
 @torch.no_grad()
-def pc_statistics(model: nn.Module) -> dict[str, float]:
+def pc_statistics(model: nn.Module, weight_view: WeightView = nullcontext) -> dict[str, float]:
     """Summary of gammas and sigma estimates for logging, with a single device sync."""
     mods = [mod for _, mod in pc_modules(model)]
     if not mods:
         return {}
-    gammas = torch.stack([m.pc_gamma.detach().float().reshape(()) for m in mods])
-    sigmas = torch.stack(
-        [spectral_norm_estimate(m.weight.detach().float(), m.pc_u, m.pc_v).float() for m in mods]
-    ).to(gammas.device)
+    gamma_list, sigma_list = [], []
+    for m in mods:
+        with weight_view(m.pc_gamma) as gamma, weight_view(m.weight) as weight:
+            gamma_list.append(gamma.detach().float().reshape(()))
+            sigma_list.append(spectral_norm_estimate(weight.detach().float(), m.pc_u, m.pc_v).float())
+    gammas = torch.stack(gamma_list)
+    sigmas = torch.stack(sigma_list).to(gammas.device)
     stats = torch.stack([gammas.mean(), gammas.min(), gammas.max(), sigmas.mean(), sigmas.max()]).tolist()
     keys = ("pc/gamma_mean", "pc/gamma_min", "pc/gamma_max", "pc/sigma_mean", "pc/sigma_max")
     return dict(zip(keys, stats, strict=True))

@@ -1,12 +1,29 @@
-"""Turn the trainer config into an ``accelerate.Accelerator`` (device and mixed precision)."""
+"""Turn the trainer and distributed config into an ``accelerate.Accelerator`` with the chosen engine.
+
+Users never write accelerate or DeepSpeed config files: the engine's plugin is built here from the
+run config. The number of processes is the launcher's (``torchrun``, ``accelerate launch`` or
+``srun`` through :mod:`pcpretrain.slurm_env`), read from ``WORLD_SIZE``.
+
+Every engine keeps fp32 weights and reduces gradients in fp32; ``bf16`` means autocast compute.
+This matters for PC layers: the polynomial is evaluated on the fp32 matrix, never on a bf16 copy.
+"""
 
 from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any
 
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from accelerate.utils import DeepSpeedPlugin, FullyShardedDataParallelPlugin, InitProcessGroupKwargs
 
-from pcpretrain.config import ConfigError, TrainerConfig
+from pcpretrain.config import ZERO_ENGINES, ConfigError, DistributedConfig, TrainConfig, TrainerConfig
+
+# The decoder block is the unit FSDP2 shards and gathers: a PC layer's whole matrix is then
+# materialized inside the block's forward.
+FSDP_WRAP_CLASS = "LlamaDecoderLayer"
 
 
 def resolve_device(requested: str) -> str:
@@ -25,18 +42,89 @@ def resolve_precision(requested: str, device: str) -> str:
     return "bf16" if device == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
 
 
-def build_accelerator(cfg: TrainerConfig) -> Accelerator:
-    """An Accelerator that owns device placement, autocast and (later) the distributed engine."""
-    device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
+def launched_world_size() -> int:
+    """The number of processes the launcher started (1 when run directly)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def gradient_accumulation_steps(trainer: TrainerConfig, world_size: int) -> int:
+    """Micro-batches per optimizer step on each rank, so that the global batch is ``batch_size``."""
+    return trainer.batch_size // (trainer.micro_batch_size * world_size)
+
+
+def build_accelerator(cfg: TrainConfig) -> Accelerator:
+    """An Accelerator that owns device placement, autocast, gradient accumulation and the engine."""
+    engine = cfg.distributed.engine
+    device = resolve_device(cfg.trainer.device)
+    precision = resolve_precision(cfg.trainer.precision, device)
+    world_size = launched_world_size()
+    grad_accum = gradient_accumulation_steps(cfg.trainer, world_size)
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    group_kwargs: dict[str, Any] = {"timeout": timedelta(seconds=cfg.distributed.timeout_s)}
+    engine_kwargs: dict[str, Any] = {}
+    if engine == "fsdp":
+        if device != "cuda":
+            raise ConfigError(
+                "distributed=fsdp needs CUDA devices (accelerate runs FSDP2 on GPUs only); "
+                "on CPU use distributed=ddp, zero1, zero2 or zero3"
+            )
+        engine_kwargs["fsdp_plugin"] = fsdp_plugin(cfg.distributed)
+    elif engine in ZERO_ENGINES:
+        engine_kwargs["deepspeed_plugin"] = DeepSpeedPlugin(
+            hf_ds_config=deepspeed_config(cfg, precision, grad_accum)
+        )
+        if device == "cpu":
+            # accelerate only picks a backend for DeepSpeed on accelerators; gloo serves CPUs.
+            group_kwargs["backend"] = "gloo"
+    else:
+        os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)
     # The state is a process-wide singleton that refuses a second precision; a sweep runs its points
     # in one process, so each run starts from a fresh one (the process group, if any, is kept).
     AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(
-        cpu=device == "cpu",
-        mixed_precision="bf16" if precision == "bf16" else "no",
+        cpu=device == "cpu" and engine not in ZERO_ENGINES,
+        # DeepSpeed applies autocast itself (``torch_autocast`` in its config).
+        mixed_precision="bf16" if precision == "bf16" and engine not in ZERO_ENGINES else "no",
+        gradient_accumulation_steps=grad_accum,
         step_scheduler_with_optimizer=False,
+        kwargs_handlers=[InitProcessGroupKwargs(**group_kwargs)],
+        **engine_kwargs,
     )
+
+
+def fsdp_plugin(cfg: DistributedConfig) -> FullyShardedDataParallelPlugin:
+    """FSDP2 sharding each decoder layer, fp32 parameters and fp32 gradient reduction, sharded saves."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    return FullyShardedDataParallelPlugin(
+        fsdp_version=2,
+        auto_wrap_policy="transformer_based_wrap",
+        transformer_cls_names_to_wrap=[FSDP_WRAP_CLASS],
+        reshard_after_forward=cfg.fsdp_reshard_after_forward,
+        state_dict_type="SHARDED_STATE_DICT",
+        mixed_precision_policy=MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32),
+        cpu_ram_efficient_loading=False,
+    )
+
+
+def deepspeed_config(cfg: TrainConfig, precision: str, grad_accum: int) -> dict[str, Any]:
+    """The DeepSpeed config for a ZeRO engine, derived entirely from the run config."""
+    stage = int(cfg.distributed.engine.removeprefix("zero"))
+    zero: dict[str, Any] = {"stage": stage}
+    if stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    return {
+        "train_micro_batch_size_per_gpu": cfg.trainer.micro_batch_size,
+        "gradient_accumulation_steps": grad_accum,
+        "gradient_clipping": cfg.trainer.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": False},
+        "fp16": {"enabled": False},
+        "torch_autocast": {"enabled": precision == "bf16", "dtype": "bfloat16"},
+        "communication_data_type": "fp32",
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }

@@ -27,7 +27,7 @@ from pcpretrain.train.callbacks.progress import ConsoleProgress
 from pcpretrain.train.callbacks.spectral import SpectralNormUpdate
 from pcpretrain.train.callbacks.speed import SpeedMonitor
 from pcpretrain.train.callbacks.wandb_logger import WandbLogger
-from pcpretrain.train.engine import build_accelerator
+from pcpretrain.train.engine import build_accelerator, launched_world_size
 from pcpretrain.train.errors import CheckpointError, NonFiniteLossError
 from pcpretrain.train.state import TrainState
 from pcpretrain.train.trainer import Trainer
@@ -73,8 +73,8 @@ class RunSummary:
 
 def run_training(cfg: TrainConfig, run_dir: Path) -> RunSummary:
     """Train (or resume) the run described by ``cfg`` in ``run_dir``."""
-    validate(cfg)
-    accelerator = build_accelerator(cfg.trainer)
+    validate(cfg, launched_world_size())
+    accelerator = build_accelerator(cfg)
     validate(cfg, accelerator.num_processes)
     ckpt_root = run_dir / "checkpoints"
     resume_from = locate_resume(cfg, ckpt_root)
@@ -96,8 +96,7 @@ def run_training(cfg: TrainConfig, run_dir: Path) -> RunSummary:
     scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.trainer.max_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
-    grad_accum = cfg.trainer.batch_size // (cfg.trainer.micro_batch_size * accelerator.num_processes)
-    train_batches = build_train_batches(cfg, data, accelerator, grad_accum)
+    train_batches = build_train_batches(cfg, data, accelerator, accelerator.gradient_accumulation_steps)
     state = TrainState()
     if resume_from is not None:
         state = restore(accelerator, resume_from, train_batches)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from contextlib import nullcontext
 from typing import Any, Protocol
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from torch import nn
 
 from pcpretrain.train.callbacks.base import Callback
@@ -79,32 +79,52 @@ class Trainer:
             raise
 
     def train_step(self) -> dict[str, Any]:
-        """One optimizer step over the step's micro-batches; refuses to step on a non-finite loss."""
+        """One optimizer step over the step's micro-batches; refuses to step on a non-finite loss.
+
+        ``accelerator.accumulate`` skips the gradient all-reduce on all but the last micro-batch and
+        scales each loss by the number of micro-batches; under DeepSpeed the engine steps inside the
+        last ``backward``, so the loss is checked before that backward runs.
+        """
         self.model.train()
+        lr = self.optimizer.param_groups[0]["lr"]
         micro_batches = self.train_batches.next_step()
         loss_sum = torch.zeros((), device=self.accelerator.device)
+        loss_value = math.nan
         for index, windows in enumerate(micro_batches):
             windows = windows.to(self.accelerator.device, non_blocking=True)
-            is_last = index == len(micro_batches) - 1
-            # Gradients are all-reduced only on the last micro-batch; backward runs outside autocast.
-            with nullcontext() if is_last else self.accelerator.no_sync(self.model):
+            with self.accelerator.accumulate(self.model):
                 with self.accelerator.autocast():
                     loss = causal_lm_loss(self.model, windows)
-                self.accelerator.backward(loss / len(micro_batches))
-            loss_sum += loss.detach()
-        loss_value = self.accelerator.reduce(loss_sum, reduction="mean").item() / len(micro_batches)
+                loss_sum += loss.detach()
+                if index == len(micro_batches) - 1:
+                    loss_value = self.accelerator.reduce(loss_sum, reduction="mean").item() / len(
+                        micro_batches
+                    )
+                    self._check_finite(loss_value, 0.0, step_taken=False)
+                self.accelerator.backward(loss)
         max_norm = self.grad_clip if self.grad_clip > 0 else math.inf
         grad_norm = float(self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm))
-        if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
-            raise NonFiniteLossError(
-                f"non-finite values at step {self.state.step + 1}: loss={loss_value}, grad_norm={grad_norm}; "
-                "the optimizer step was not taken and no checkpoint was written after the last good one"
-            )
-        lr = self.optimizer.param_groups[0]["lr"]
+        self._check_finite(loss_value, grad_norm, step_taken=self.engine_steps_in_backward)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return {"loss": loss_value, "lr": lr, "grad_norm": grad_norm}
+
+    @property
+    def engine_steps_in_backward(self) -> bool:
+        """DeepSpeed clips and steps inside ``backward``; its gradient norm is known only afterwards."""
+        return self.accelerator.distributed_type == DistributedType.DEEPSPEED
+
+    def _check_finite(self, loss: float, grad_norm: float, step_taken: bool) -> None:
+        if math.isfinite(loss) and math.isfinite(grad_norm):
+            return
+        taken = (
+            "the engine had already applied this step" if step_taken else "the optimizer step was not taken"
+        )
+        raise NonFiniteLossError(
+            f"non-finite values at step {self.state.step + 1}: loss={loss}, grad_norm={grad_norm}; "
+            f"{taken} and no checkpoint was written after the last good one"
+        )
 
     def _emit(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:

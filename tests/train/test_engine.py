@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pcpretrain.config import ConfigError, TrainerConfig
+from pcpretrain.config import ConfigError, TrainConfig, TrainerConfig
 from pcpretrain.train.engine import build_accelerator, resolve_device, resolve_precision
 
 
@@ -22,5 +22,5 @@ def test_cuda_without_a_gpu_is_a_clear_error_not_a_silent_fallback() -> None:
 
 
 def test_successive_runs_in_one_process_may_change_precision() -> None:
-    assert build_accelerator(TrainerConfig(device="cpu", precision="bf16")).mixed_precision == "bf16"
-    assert build_accelerator(TrainerConfig(device="cpu", precision="fp32")).mixed_precision == "no"
+    assert build_accelerator(TrainConfig(trainer=TrainerConfig(device="cpu", precision="bf16"))).mixed_precision == "bf16"
+    assert build_accelerator(TrainConfig(trainer=TrainerConfig(device="cpu", precision="fp32"))).mixed_precision == "no"
