@@ -101,6 +101,10 @@ def _train_task(dict_cfg) -> None:
         print(f"pcpretrain: {type(exc).__name__}: {exc}", file=sys.stderr)
         sys.exit(1)
     print("\n" + summary.render(), flush=True)
+    if summary.stopped_by:
+        from pcpretrain.train.preemption import exit_preempted
+
+        exit_preempted(summary.stopped_by)
 
 
 def export_command(args: list[str]) -> int:

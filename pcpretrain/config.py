@@ -225,7 +225,7 @@ class DistributedConfig:
     engine: str = "ddp"
     timeout_s: int = 1800
     fsdp_reshard_after_forward: bool = True
-    stop_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
+    stop_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1", "SIGUSR2"])
 
 
 @dataclass

@@ -6,11 +6,12 @@ pcpretrain import; the same function serves checkpoints during training and ``pc
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from transformers import GenerationConfig
 
 from pcpretrain import pc
@@ -18,9 +19,13 @@ from pcpretrain.config import ConfigError, load_yaml
 from pcpretrain.data.tokenizer import Tokenizer
 from pcpretrain.model import llama_config
 from pcpretrain.train import checkpoint as ckpt
+from pcpretrain.train.checkpoint_weights import layer_groups, open_weights
 from pcpretrain.train.errors import CheckpointError
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+EMBEDDING = "model.embed_tokens.weight"
+# transformers' own default shard size for save_pretrained.
+MAX_SHARD_BYTES = 5 * 2**30
 
 
 def write_merged_model(
@@ -32,40 +37,99 @@ def write_merged_model(
     out_dir: Path,
 ) -> Path:
     """Write ``out_dir`` (atomically) as a plain Llama with the PC transform folded into its weights."""
-    plain = {_strip_wrappers(name): tensor for name, tensor in state_dict.items()}
-    merged = pc.merge_state_dict(plain, pc_degree)
-    merged = {name: tensor.detach().to("cpu").contiguous() for name, tensor in merged.items()}
-    vocab_size = merged["model.embed_tokens.weight"].shape[0]
-    hf_config = llama_config(model_cfg, vocab_size, tokenizer.bos_id, tokenizer.eos_id)
-    hf_config.dtype = str(merged["model.embed_tokens.weight"].dtype).removeprefix("torch.")
+    return write_merged_groups(
+        [state_dict], model_cfg=model_cfg, pc_degree=pc_degree, tokenizer=tokenizer, out_dir=out_dir
+    )
+
+
+def write_merged_groups(
+    groups: Iterable[Mapping[str, torch.Tensor]],
+    *,
+    model_cfg,
+    pc_degree: int,
+    tokenizer: Tokenizer,
+    out_dir: Path,
+    max_shard_bytes: int = MAX_SHARD_BYTES,
+) -> Path:
+    """Merge group by group (each group holds whole PC layers) and write safetensors shards of at most
+    ``max_shard_bytes``; one shard is ``model.safetensors``, more get an index, as transformers expects."""
     with ckpt.atomic_directory(out_dir) as tmp:
+        writer = _ShardWriter(tmp, max_shard_bytes)
+        for group in groups:
+            plain = {_strip_wrappers(name): tensor for name, tensor in group.items()}
+            merged = pc.merge_state_dict(plain, pc_degree)
+            writer.add({name: tensor.detach().to("cpu").contiguous() for name, tensor in merged.items()})
+        vocab_size, dtype = writer.finish()
+        hf_config = llama_config(model_cfg, vocab_size, tokenizer.bos_id, tokenizer.eos_id)
+        hf_config.dtype = str(dtype).removeprefix("torch.")
         hf_config.save_pretrained(tmp)
         GenerationConfig(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id).save_pretrained(tmp)
-        save_file(merged, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         tokenizer.save_pretrained(tmp)
     return out_dir
 
 
+class _ShardWriter:
+    """Collects merged tensors and flushes them to numbered safetensors files of bounded size."""
+
+    def __init__(self, directory: Path, max_shard_bytes: int) -> None:
+        self.directory = directory
+        self.max_shard_bytes = max_shard_bytes
+        self.pending: dict[str, torch.Tensor] = {}
+        self.files: list[list[str]] = []
+        self.total_bytes = 0
+        self.embedding: tuple[int, torch.dtype] | None = None
+
+    def add(self, tensors: dict[str, torch.Tensor]) -> None:
+        if EMBEDDING in tensors:
+            self.embedding = (tensors[EMBEDDING].shape[0], tensors[EMBEDDING].dtype)
+        self.pending.update(tensors)
+        if sum(t.numel() * t.element_size() for t in self.pending.values()) >= self.max_shard_bytes:
+            self._flush()
+
+    def finish(self) -> tuple[int, torch.dtype]:
+        """Name the files (``model.safetensors`` if only one), index them; return vocab size and dtype."""
+        if self.pending or not self.files:
+            self._flush()
+        if self.embedding is None:
+            raise CheckpointError(f"the checkpoint holds no {EMBEDDING}; it is not a Llama model")
+        count = len(self.files)
+        if count == 1:
+            (self.directory / "shard-00001.safetensors").rename(self.directory / "model.safetensors")
+            return self.embedding
+        weight_map = {}
+        for index, names in enumerate(self.files, start=1):
+            final = f"model-{index:05d}-of-{count:05d}.safetensors"
+            (self.directory / f"shard-{index:05d}.safetensors").rename(self.directory / final)
+            weight_map.update(dict.fromkeys(names, final))
+        index_file = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
+        (self.directory / "model.safetensors.index.json").write_text(json.dumps(index_file, indent=2))
+        return self.embedding
+
+    def _flush(self) -> None:
+        path = self.directory / f"shard-{len(self.files) + 1:05d}.safetensors"
+        save_file(self.pending, str(path), metadata={"format": "pt"})
+        self.total_bytes += sum(t.numel() * t.element_size() for t in self.pending.values())
+        self.files.append(sorted(self.pending))
+        self.pending = {}
+
+
 def export_checkpoint(checkpoint_dir: Path, out_dir: Path, overwrite: bool = False) -> Path:
-    """Merged form of an unmerged checkpoint; refuses to replace a non-empty ``out_dir`` unless asked."""
+    """Merged form of an unmerged checkpoint of any engine, read one decoder layer at a time on CPU;
+    refuses to replace a non-empty ``out_dir`` unless asked."""
     ckpt.verify_checkpoint(checkpoint_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise CheckpointError(
             f"{out_dir} exists and is not empty; choose another directory or pass --overwrite"
         )
-    weights = checkpoint_dir / "model.safetensors"
-    if not weights.is_file():
-        raise CheckpointError(f"{checkpoint_dir}: no model.safetensors (was it written by a sharded engine?)")
     try:
         cfg = load_yaml(checkpoint_dir / ckpt.CONFIG)
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from exc
     tokenizer = Tokenizer.load(checkpoint_dir / ckpt.TOKENIZER)
-    # safetensors hands out tensors at arbitrary byte offsets and BLAS picks alignment-dependent
-    # kernels; fresh copies make this merge bit-identical to the one written during training.
-    state_dict = {name: tensor.clone() for name, tensor in load_file(str(weights)).items()}
-    return write_merged_model(
-        state_dict, model_cfg=cfg.model, pc_degree=cfg.pc.degree, tokenizer=tokenizer, out_dir=out_dir
+    weights = open_weights(checkpoint_dir)
+    groups = (weights.load(names) for names in layer_groups(weights.names()))
+    return write_merged_groups(
+        groups, model_cfg=cfg.model, pc_degree=cfg.pc.degree, tokenizer=tokenizer, out_dir=out_dir
     )
 
 

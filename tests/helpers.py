@@ -26,14 +26,27 @@ TINY_OVERRIDES = [
 ]
 
 
-def run_cli(*args: str, expect_ok: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run ``pcpretrain`` in a subprocess exactly as a user would."""
+def cli_command(*args: str, nproc: int = 1) -> list[str]:
+    """``pcpretrain <args>`` as one process, or as ``nproc`` processes under ``torchrun --standalone``."""
+    if nproc == 1:
+        return [sys.executable, "-m", "pcpretrain", *args]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    return [*launcher, "-m", "pcpretrain", *args]
+
+
+def cli_env(nproc: int = 1) -> dict[str, str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if nproc > 1:
+        env["OMP_NUM_THREADS"] = "1"  # the processes share a 2-core machine
+    return env
+
+
+def run_cli(
+    *args: str, expect_ok: bool = True, timeout: int = 600, nproc: int = 1
+) -> subprocess.CompletedProcess:
+    """Run ``pcpretrain`` in a subprocess exactly as a user would (``nproc`` > 1: under torchrun)."""
     result = subprocess.run(
-        [sys.executable, "-m", "pcpretrain", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        cli_command(*args, nproc=nproc), capture_output=True, text=True, timeout=timeout, env=cli_env(nproc)
     )
     if expect_ok and result.returncode != 0:
         raise AssertionError(

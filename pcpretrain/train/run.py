@@ -29,6 +29,7 @@ from pcpretrain.train.callbacks.speed import SpeedMonitor
 from pcpretrain.train.callbacks.wandb_logger import WandbLogger
 from pcpretrain.train.engine import build_accelerator, launched_world_size
 from pcpretrain.train.errors import CheckpointError, NonFiniteLossError
+from pcpretrain.train.preemption import Preemption, StopSignals
 from pcpretrain.train.state import TrainState
 from pcpretrain.train.trainer import Trainer
 
@@ -53,6 +54,7 @@ class RunSummary:
     tokens_per_s: float
     checkpoint: str | None
     merged_model: str | None
+    stopped_by: str | None = None
 
     def render(self) -> str:
         def fmt(value: float | None) -> str:
@@ -68,6 +70,8 @@ class RunSummary:
             f"checkpoint      {self.checkpoint or 'none written'}",
             f"merged model    {self.merged_model or 'none written'}",
         ]
+        if self.stopped_by:
+            lines.append(f"stopped by      {self.stopped_by} (resume with the same command and run.dir)")
         return "\n".join(lines)
 
 
@@ -129,7 +133,9 @@ def run_training(cfg: TrainConfig, run_dir: Path) -> RunSummary:
     )
     checkpointing = Checkpointing(cfg, ckpt_root, config_yaml, data.tokenizer)
     log_every = cfg.trainer.log_every
+    preemption = Preemption(StopSignals(cfg.distributed.stop_signals))
     callbacks = [
+        preemption,
         speed,
         SpectralNormUpdate(log_every),
         evaluation,
@@ -159,6 +165,7 @@ def run_training(cfg: TrainConfig, run_dir: Path) -> RunSummary:
         last_good = checkpointing.saved.get("unmerged") or resume_from
         raise NonFiniteLossError(f"{exc}; last good checkpoint: {last_good or 'none written yet'}") from exc
     summary = summarize(run_dir, cfg, trainer, speed, checkpointing)
+    summary.stopped_by = preemption.stopped_by
     if accelerator.is_main_process:
         (run_dir / SUMMARY_FILE).write_text(json.dumps(asdict(summary), indent=2), encoding="utf-8")
     return summary

@@ -62,6 +62,10 @@ class Trainer:
     def at_last_step(self) -> bool:
         return self.state.step >= self.last_step
 
+    def stop_after_this_step(self) -> None:
+        """End the run at the current step (preemption); callbacks then treat it as the last step."""
+        self.last_step = self.state.step
+
     def fit(self) -> None:
         """Train from ``state.step`` to the last step; callbacks see every moment."""
         try:

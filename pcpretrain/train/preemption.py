@@ -1,0 +1,95 @@
+"""Preemption: a stop signal on any rank makes every rank stop after the same step and checkpoint.
+
+SLURM warns a job before its time limit (``--signal=USR1@<s>``) and sends SIGTERM before
+preempting it; ``scancel --signal`` and submitit (SIGUSR2) do the same. The handler only records
+the signal. After each step the ranks take the maximum of their flags in one all-reduce, so a signal
+seen by one rank alone still stops all of them at the same step; the checkpointing callback then
+writes the ``trainer.stop_at``-style checkpoint, and the process exits with
+:data:`PREEMPTED_EXIT_CODE` so the batch script (or submitit) requeues the job, which resumes from
+that checkpoint on its own (``resume=auto``).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Sequence
+from types import FrameType
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import torch
+
+from pcpretrain.train.callbacks.base import Callback
+
+if TYPE_CHECKING:
+    from pcpretrain.train.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+# EX_TEMPFAIL: "try again later". slurm/train.sbatch requeues the job when it sees this code.
+PREEMPTED_EXIT_CODE = 75
+
+
+class StopSignals:
+    """Records the first stop signal received; the previous handlers come back on :meth:`restore`."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.signals = [signal.Signals[name] for name in names]
+        self.received: signal.Signals | None = None
+        self._previous: dict[signal.Signals, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            log.warning("not in the main thread: stop signals %s will not be handled", self.signals)
+            return
+        for signum in self.signals:
+            self._previous[signum] = signal.signal(signum, self._record)
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _record(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is None:
+            self.received = signal.Signals(signum)
+            log.warning(
+                "received %s: stopping after the current step to write a checkpoint", self.received.name
+            )
+
+
+class Preemption(Callback):
+    """Stops all ranks at one agreed step when any rank received a stop signal.
+
+    Must come before the checkpointing callback, which then sees the run at its last step.
+    """
+
+    def __init__(self, stop_signals: StopSignals) -> None:
+        self.stop_signals = stop_signals
+        self.stopped_by: str | None = None
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        self.stop_signals.install()
+
+    def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        flag = torch.tensor(float(self.stop_signals.received is not None), device=trainer.accelerator.device)
+        if trainer.accelerator.reduce(flag, reduction="sum").item() > 0 and not trainer.at_last_step:
+            self.stopped_by = self.stop_signals.received.name if self.stop_signals.received else "peer rank"
+            trainer.stop_after_this_step()
+            log.warning("stopping at step %d (%s); a checkpoint follows", trainer.state.step, self.stopped_by)
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        self.stop_signals.restore()
+
+    def on_error(self, trainer: Trainer, error: BaseException) -> None:
+        self.stop_signals.restore()
+
+
+def exit_preempted(signal_name: str | None) -> NoReturn:
+    """Leave with :data:`PREEMPTED_EXIT_CODE`, first letting an outer handler (submitit's requeue) run."""
+    if signal_name in signal.Signals.__members__:
+        handler = signal.getsignal(signal.Signals[signal_name])
+        if callable(handler):
+            handler(signal.Signals[signal_name], None)
+    raise SystemExit(PREEMPTED_EXIT_CODE)
