@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -90,7 +91,8 @@ def _train_task(dict_cfg) -> None:
         cfg = to_train_config(dict_cfg)
         run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
         cfg.run.dir = str(run_dir)
-        validate(cfg)  # before the heavy imports below, so bad input fails in a second
+        # Before the heavy imports below, so bad input fails in a second; the launcher sets WORLD_SIZE.
+        validate(cfg, int(os.environ.get("WORLD_SIZE", "1")))
         from pcpretrain.train.run import run_training
 
         summary = run_training(cfg, run_dir)

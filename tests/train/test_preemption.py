@@ -1,0 +1,98 @@
+"""Preemption: a stop signal mid-run gives a checkpoint and exit code 75; rerunning continues exactly."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from helpers import TINY_OVERRIDES, cli_command, cli_env, read_metrics, run_cli
+
+from pcpretrain.train.preemption import PREEMPTED_EXIT_CODE, StopSignals, exit_preempted
+
+STEPS = 30
+OVERRIDES = [*TINY_OVERRIDES, f"trainer.max_steps={STEPS}", "data.num_workers=0"]
+
+
+def test_stop_signals_record_the_first_signal_and_restore_the_previous_handlers() -> None:
+    previous = signal.getsignal(signal.SIGUSR1)
+    stops = StopSignals(["SIGUSR1", "SIGUSR2"])
+    stops.install()
+    try:
+        signal.raise_signal(signal.SIGUSR2)
+        signal.raise_signal(signal.SIGUSR1)
+        assert stops.received == signal.SIGUSR2
+    finally:
+        stops.restore()
+    assert signal.getsignal(signal.SIGUSR1) == previous
+
+
+def test_exit_preempted_lets_an_outer_handler_run_then_exits_75() -> None:
+    calls = []
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: calls.append(signum))
+    try:
+        with pytest.raises(SystemExit) as exited:
+            exit_preempted("SIGUSR2")
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert exited.value.code == PREEMPTED_EXIT_CODE == 75
+    assert calls == [signal.SIGUSR2]
+    with pytest.raises(SystemExit, match="75"):
+        exit_preempted("peer rank")
+
+
+def _workers(launcher_pid: int) -> dict[int, int]:
+    """``rank -> pid`` of the processes torchrun started."""
+    children = Path(f"/proc/{launcher_pid}/task/{launcher_pid}/children").read_text().split()
+    ranks = {}
+    for pid in map(int, children):
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        rank = next((int(v.split(b"=")[1]) for v in environ if v.startswith(b"RANK=")), None)
+        if rank is not None:
+            ranks[rank] = pid
+    return ranks
+
+
+def _interrupt(run_dir: Path, nproc: int, signal_rank: int) -> subprocess.CompletedProcess:
+    """Start a run, send SIGUSR1 to one rank once two steps are logged, and wait for it to end."""
+    command = cli_command("train", *OVERRIDES, f"run.dir={run_dir}", nproc=nproc)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(nproc)
+    )
+    deadline = time.monotonic() + 300
+    metrics = run_dir / "metrics.jsonl"
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the run did not log two steps in time"
+        time.sleep(0.02)
+    target = process.pid if nproc == 1 else _workers(process.pid)[signal_rank]
+    subprocess.run(["kill", "-USR1", str(target)], check=True)
+    stdout, stderr = process.communicate(timeout=300)
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("nproc", "signal_rank"), [(1, 0), (2, 1)])
+def test_signal_checkpoints_exits_75_and_rerun_resumes_exactly(
+    nproc: int, signal_rank: int, tmp_path: Path
+) -> None:
+    run_cli("train", *OVERRIDES, f"run.dir={tmp_path / 'straight'}", nproc=nproc)
+    interrupted = _interrupt(tmp_path / "resumed", nproc, signal_rank)
+
+    stopped_at = len(read_metrics(tmp_path / "resumed"))
+    assert 2 <= stopped_at < STEPS, interrupted.stdout
+    checkpoint = tmp_path / "resumed" / "checkpoints" / f"step_{stopped_at:08d}"
+    assert (checkpoint / "manifest.json").is_file()
+    assert sorted(p.name for p in checkpoint.glob("data_state_*.pt")) == [
+        f"data_state_{rank}.pt" for rank in range(nproc)
+    ]
+    # Rank 0 stops although only rank `signal_rank` was signalled; torchrun reports failed workers as 1.
+    assert f"stopped by      {'SIGUSR1' if signal_rank == 0 else 'peer rank'}" in interrupted.stdout
+    assert interrupted.returncode == (PREEMPTED_EXIT_CODE if nproc == 1 else 1)
+
+    run_cli("train", *OVERRIDES, f"run.dir={tmp_path / 'resumed'}", nproc=nproc)
+    straight, resumed = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")
+    assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]
