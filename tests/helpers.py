@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +55,40 @@ def run_cli(
             f"pcpretrain {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
         )
     return result
+
+
+def start_cli(*args: str, nproc: int = 1) -> subprocess.Popen:
+    """Start ``pcpretrain`` without waiting, for tests that signal or kill it mid-run."""
+    return subprocess.Popen(
+        cli_command(*args, nproc=nproc),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(nproc),
+    )
+
+
+def wait_until(
+    condition: Callable[[], bool], process: subprocess.Popen, what: str, timeout: float = 300
+) -> None:
+    """Poll ``condition`` while ``process`` runs; fail with its output if it ends first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, f"the run ended before {what}: {process.communicate()}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def launched_workers(launcher_pid: int) -> dict[int, int]:
+    """``rank -> pid`` of the processes a torchrun launcher started (Linux ``/proc``)."""
+    children = Path(f"/proc/{launcher_pid}/task/{launcher_pid}/children").read_text().split()
+    ranks = {}
+    for pid in map(int, children):
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        rank = next((int(v.split(b"=")[1]) for v in environ if v.startswith(b"RANK=")), None)
+        if rank is not None:
+            ranks[rank] = pid
+    return ranks
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -44,7 +44,8 @@ def merged_tensors(directory: Path) -> dict[str, torch.Tensor]:
     tensors = {}
     for name in files or ["model.safetensors"]:
         with safe_open(str(directory / name), framework="pt") as handle:
-            tensors.update({key: handle.get_tensor(key) for key in handle.keys()})
+            names = handle.keys()  # a safetensors handle, not a dict
+            tensors.update({key: handle.get_tensor(key) for key in names})
     return tensors
 
 

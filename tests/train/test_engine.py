@@ -22,5 +22,11 @@ def test_cuda_without_a_gpu_is_a_clear_error_not_a_silent_fallback() -> None:
 
 
 def test_successive_runs_in_one_process_may_change_precision() -> None:
-    assert build_accelerator(TrainConfig(trainer=TrainerConfig(device="cpu", precision="bf16"))).mixed_precision == "bf16"
-    assert build_accelerator(TrainConfig(trainer=TrainerConfig(device="cpu", precision="fp32"))).mixed_precision == "no"
+    assert (
+        build_accelerator(TrainConfig(trainer=TrainerConfig(device="cpu", precision="bf16"))).mixed_precision
+        == "bf16"
+    )
+    assert (
+        build_accelerator(TrainConfig(trainer=TrainerConfig(device="cpu", precision="fp32"))).mixed_precision
+        == "no"
+    )

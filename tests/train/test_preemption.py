@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
-from helpers import TINY_OVERRIDES, cli_command, cli_env, read_metrics, run_cli
+from helpers import TINY_OVERRIDES, launched_workers, read_metrics, run_cli, start_cli, wait_until
 
 from pcpretrain.train.preemption import PREEMPTED_EXIT_CODE, StopSignals, exit_preempted
 
@@ -43,34 +42,15 @@ def test_exit_preempted_lets_an_outer_handler_run_then_exits_75() -> None:
         exit_preempted("peer rank")
 
 
-def _workers(launcher_pid: int) -> dict[int, int]:
-    """``rank -> pid`` of the processes torchrun started."""
-    children = Path(f"/proc/{launcher_pid}/task/{launcher_pid}/children").read_text().split()
-    ranks = {}
-    for pid in map(int, children):
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        rank = next((int(v.split(b"=")[1]) for v in environ if v.startswith(b"RANK=")), None)
-        if rank is not None:
-            ranks[rank] = pid
-    return ranks
-
-
 def _interrupt(run_dir: Path, nproc: int, signal_rank: int) -> subprocess.CompletedProcess:
     """Start a run, send SIGUSR1 to one rank once two steps are logged, and wait for it to end."""
-    command = cli_command("train", *OVERRIDES, f"run.dir={run_dir}", nproc=nproc)
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(nproc)
-    )
-    deadline = time.monotonic() + 300
+    process = start_cli("train", *OVERRIDES, f"run.dir={run_dir}", nproc=nproc)
     metrics = run_dir / "metrics.jsonl"
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, "the run did not log two steps in time"
-        time.sleep(0.02)
-    target = process.pid if nproc == 1 else _workers(process.pid)[signal_rank]
+    wait_until(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2, process, "two steps")
+    target = process.pid if nproc == 1 else launched_workers(process.pid)[signal_rank]
     subprocess.run(["kill", "-USR1", str(target)], check=True)
     stdout, stderr = process.communicate(timeout=300)
-    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 @pytest.mark.slow
