@@ -85,8 +85,10 @@ def _train_task(dict_cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from pcpretrain.config import ConfigError, to_train_config, validate
+    from pcpretrain.slurm_env import export_torch_env_from_slurm
     from pcpretrain.train.errors import TrainingError
 
+    export_torch_env_from_slurm()  # a task srun or submitit started directly joins the job's group
     try:
         cfg = to_train_config(dict_cfg)
         run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
@@ -102,7 +104,8 @@ def _train_task(dict_cfg) -> None:
     except (TrainingError, ValueError, FileNotFoundError) as exc:
         print(f"pcpretrain: {type(exc).__name__}: {exc}", file=sys.stderr)
         sys.exit(1)
-    print("\n" + summary.render(), flush=True)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print("\n" + summary.render(), flush=True)
     if summary.stopped_by:
         from pcpretrain.train.preemption import exit_preempted
 

@@ -42,7 +42,7 @@ class ConfigError(ValueError):
 class RunConfig:
     """Where the run lives. All outputs of one run go to ``dir``."""
 
-    dir: str = "runs/${now:%Y-%m-%d_%H-%M-%S}"
+    dir: str = "runs/${pcpretrain_run_name:}"
 
 
 @dataclass
@@ -278,6 +278,9 @@ class TrainConfig:
 
 def register_configs() -> None:
     """Register the schema so ``configs/train.yaml`` can name it first in its defaults list."""
+    from pcpretrain.run_dir import register_run_name_resolver
+
+    register_run_name_resolver()
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 
 

@@ -10,6 +10,7 @@ memory and needs no process group.
 from __future__ import annotations
 
 import re
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -73,7 +74,9 @@ class DistributedCheckpointWeights(CheckpointWeights):
         for name in names:
             meta = self.metadata[FSDP_KEY_PREFIX + name]
             buffers[FSDP_KEY_PREFIX + name] = torch.empty(meta.size, dtype=meta.properties.dtype)
-        dcp.load(buffers, storage_reader=dcp.FileSystemReader(str(self.directory)), no_dist=True)
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load(buffers, storage_reader=dcp.FileSystemReader(str(self.directory)), no_dist=True)
         return {key.removeprefix(FSDP_KEY_PREFIX): tensor for key, tensor in buffers.items()}
 
 

@@ -92,4 +92,7 @@ def exit_preempted(signal_name: str | None) -> NoReturn:
         handler = signal.getsignal(signal.Signals[signal_name])
         if callable(handler):
             handler(signal.Signals[signal_name], None)
+    # srun answers the first rank's exit with SIGTERM to the others; a rank still shutting down must
+    # not die of it, or srun reports 143 instead of 75 and the job is not requeued.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise SystemExit(PREEMPTED_EXIT_CODE)

@@ -28,18 +28,21 @@ def test_stop_signals_record_the_first_signal_and_restore_the_previous_handlers(
     assert signal.getsignal(signal.SIGUSR1) == previous
 
 
-def test_exit_preempted_lets_an_outer_handler_run_then_exits_75() -> None:
+def test_exit_preempted_lets_an_outer_handler_run_then_exits_75_deaf_to_sigterm() -> None:
     calls = []
     previous = signal.signal(signal.SIGUSR2, lambda signum, frame: calls.append(signum))
+    previous_term = signal.getsignal(signal.SIGTERM)
     try:
         with pytest.raises(SystemExit) as exited:
             exit_preempted("SIGUSR2")
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+        with pytest.raises(SystemExit, match="75"):
+            exit_preempted("peer rank")
     finally:
         signal.signal(signal.SIGUSR2, previous)
+        signal.signal(signal.SIGTERM, previous_term)
     assert exited.value.code == PREEMPTED_EXIT_CODE == 75
     assert calls == [signal.SIGUSR2]
-    with pytest.raises(SystemExit, match="75"):
-        exit_preempted("peer rank")
 
 
 def _interrupt(run_dir: Path, nproc: int, signal_rank: int) -> subprocess.CompletedProcess:
