@@ -28,12 +28,13 @@ TINY_OVERRIDES = [
 ]
 
 
-def cli_command(*args: str, nproc: int = 1) -> list[str]:
-    """``pcpretrain <args>`` as one process, or as ``nproc`` processes under ``torchrun --standalone``."""
-    if nproc == 1:
+def cli_command(*args: str, nproc: int = 1, launcher: bool = False) -> list[str]:
+    """``pcpretrain <args>`` as one process, or as ``nproc`` processes under ``torchrun --standalone``
+    (also for one process with ``launcher``: sharded engines need a process group)."""
+    if nproc == 1 and not launcher:
         return [sys.executable, "-m", "pcpretrain", *args]
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    return [*launcher, "-m", "pcpretrain", *args]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    return [*torchrun, "-m", "pcpretrain", *args]
 
 
 def cli_env(nproc: int = 1) -> dict[str, str]:
@@ -44,11 +45,15 @@ def cli_env(nproc: int = 1) -> dict[str, str]:
 
 
 def run_cli(
-    *args: str, expect_ok: bool = True, timeout: int = 600, nproc: int = 1
+    *args: str, expect_ok: bool = True, timeout: int = 600, nproc: int = 1, launcher: bool = False
 ) -> subprocess.CompletedProcess:
     """Run ``pcpretrain`` in a subprocess exactly as a user would (``nproc`` > 1: under torchrun)."""
     result = subprocess.run(
-        cli_command(*args, nproc=nproc), capture_output=True, text=True, timeout=timeout, env=cli_env(nproc)
+        cli_command(*args, nproc=nproc, launcher=launcher),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=cli_env(nproc),
     )
     if expect_ok and result.returncode != 0:
         raise AssertionError(

@@ -150,3 +150,14 @@ def test_paper_recipes_compose_to_the_paper_settings(size: str, optimizer: str, 
     assert (cfg.data.seq_len, cfg.trainer.batch_size * cfg.data.seq_len) == (8192, 2_621_440)
     assert (cfg.trainer.max_steps, cfg.scheduler.warmup_steps, cfg.scheduler.end_ratio) == (61100, 611, 0.1)
     assert cfg.data.hub.path == "HuggingFaceFW/fineweb"
+
+
+def test_engine_and_optimizer_combinations_are_checked() -> None:
+    with pytest.raises(ConfigError, match="optimizer=muon is not supported with distributed=zero2"):
+        validate(composed("optimizer=muon", "distributed=zero2"))
+    with pytest.raises(ConfigError, match="distributed=single but the launcher started 4 processes"):
+        validate(composed("distributed=single", "trainer.batch_size=32"), world_size=4)
+    with pytest.raises(ConfigError, match="distributed.stop_signals='SIGKILL'"):
+        validate(composed("distributed.stop_signals=[SIGKILL]"))
+    for engine in ("single", "ddp", "fsdp", "zero1", "zero2", "zero3"):
+        validate(composed(f"distributed={engine}"))

@@ -5,8 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pcpretrain.config import ConfigError, TrainConfig, TrainerConfig
-from pcpretrain.train.engine import build_accelerator, resolve_device, resolve_precision
+from pcpretrain.config import ConfigError, DistributedConfig, TrainConfig, TrainerConfig
+from pcpretrain.train.engine import (
+    build_accelerator,
+    deepspeed_config,
+    fsdp_plugin,
+    gradient_accumulation_steps,
+    resolve_device,
+    resolve_precision,
+)
 
 
 def test_auto_precision_is_fp32_on_cpu_and_explicit_values_pass_through() -> None:
@@ -30,3 +37,33 @@ def test_successive_runs_in_one_process_may_change_precision() -> None:
         build_accelerator(TrainConfig(trainer=TrainerConfig(device="cpu", precision="fp32"))).mixed_precision
         == "no"
     )
+
+
+def test_deepspeed_config_comes_from_the_run_config() -> None:
+    cfg = TrainConfig(
+        trainer=TrainerConfig(batch_size=32, micro_batch_size=4, grad_clip=0.5),
+        distributed=DistributedConfig(engine="zero3"),
+    )
+    ds = deepspeed_config(cfg, "bf16", gradient_accumulation_steps(cfg.trainer, world_size=2))
+    assert ds["train_micro_batch_size_per_gpu"] == 4
+    assert ds["gradient_accumulation_steps"] == 4
+    assert ds["gradient_clipping"] == 0.5
+    assert ds["zero_optimization"] == {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True}
+    # fp32 weights and fp32 gradient reduction; bf16 is autocast only, so PC sees fp32 matrices.
+    assert ds["bf16"] == {"enabled": False} and ds["communication_data_type"] == "fp32"
+    assert ds["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
+
+
+def test_fsdp_plugin_shards_decoder_layers_with_fp32_parameters_and_reduction() -> None:
+    plugin = fsdp_plugin(DistributedConfig(engine="fsdp"))
+    assert plugin.fsdp_version == 2
+    assert plugin.transformer_cls_names_to_wrap == ["LlamaDecoderLayer"]
+    assert plugin.mixed_precision_policy.param_dtype == torch.float32
+    assert plugin.mixed_precision_policy.reduce_dtype == torch.float32
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")
+def test_fsdp_without_a_gpu_is_a_clear_error() -> None:
+    cfg = TrainConfig(trainer=TrainerConfig(device="cpu"), distributed=DistributedConfig(engine="fsdp"))
+    with pytest.raises(ConfigError, match="distributed=fsdp needs CUDA devices"):
+        build_accelerator(cfg)

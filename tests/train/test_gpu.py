@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_config
+from helpers import read_metrics, run_cli, tiny_config
 
 from pcpretrain.model import peak_flops
 from pcpretrain.train.run import run_training
@@ -24,3 +24,31 @@ def test_one_gpu_run_uses_bf16_autocast_and_reports_mfu(tmp_path: Path) -> None:
     if peak_flops(torch.device("cuda")) is not None:
         assert all('"mfu"' in line for line in records)
     assert summary.val_loss is not None and summary.val_loss == summary.val_loss  # finite, not NaN
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["fsdp", "zero2"])
+def test_llama_1b_with_pc_degree_4_under_sharded_engines_matches_single(
+    engine: str, shared_dir: Path, tmp_path: Path
+) -> None:
+    """The issue's GPU check: a few steps of the 1B model, losses as with ``distributed=single``."""
+    overrides = [
+        "model=1B",
+        "~experiment",
+        "pc.degree=4",
+        "optimizer.lr=3e-4",
+        f"data.tokenizer.path={shared_dir / 'tokenizers' / 'llama2' / 'tokenizer.model'}",
+        "data.seq_len=512",
+        "trainer.max_steps=3",
+        "trainer.batch_size=8",
+        "trainer.micro_batch_size=4",
+        "trainer.eval_every=0",
+        "checkpoint.final_forms=[unmerged]",
+        "logger.progress=false",
+    ]
+    run_cli("train", *overrides, "distributed=single", f"run.dir={tmp_path / 'single'}")
+    run_cli("train", *overrides, f"distributed={engine}", f"run.dir={tmp_path / engine}", launcher=True)
+    single, sharded = read_metrics(tmp_path / "single"), read_metrics(tmp_path / engine)
+    assert [r["step"] for r in sharded] == [1, 2, 3]
+    for one, other in zip(single, sharded, strict=True):
+        assert other["loss"] == pytest.approx(one["loss"], rel=2e-3)
