@@ -11,6 +11,8 @@ This matters for PC layers: the polynomial is evaluated on the fp32 matrix, neve
 from __future__ import annotations
 
 import os
+import socket
+from collections.abc import MutableMapping
 from datetime import timedelta
 from typing import Any
 
@@ -24,6 +26,7 @@ from pcpretrain.config import ZERO_ENGINES, ConfigError, DistributedConfig, Trai
 # The decoder block is the unit FSDP2 shards and gathers: a PC layer's whole matrix is then
 # materialized inside the block's forward.
 FSDP_WRAP_CLASS = "LlamaDecoderLayer"
+SHARDED_ENGINES = ("fsdp", *ZERO_ENGINES)
 
 
 def resolve_device(requested: str) -> str:
@@ -62,6 +65,8 @@ def build_accelerator(cfg: TrainConfig) -> Accelerator:
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    if engine in SHARDED_ENGINES:
+        ensure_launcher_env()
     group_kwargs: dict[str, Any] = {"timeout": timedelta(seconds=cfg.distributed.timeout_s)}
     engine_kwargs: dict[str, Any] = {}
     if engine == "fsdp":
@@ -92,6 +97,22 @@ def build_accelerator(cfg: TrainConfig) -> Accelerator:
         kwargs_handlers=[InitProcessGroupKwargs(**group_kwargs)],
         **engine_kwargs,
     )
+
+
+def ensure_launcher_env(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Give a process started without a launcher the variables of a one-process launch.
+
+    FSDP and DeepSpeed always need a process group, even for a single process; without this,
+    ``python -m pcpretrain train distributed=zero2`` would fail deep inside accelerate.
+    """
+    if "LOCAL_RANK" in environ:
+        return
+    environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
+    environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" not in environ:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            environ["MASTER_PORT"] = str(probe.getsockname()[1])
 
 
 def fsdp_plugin(cfg: DistributedConfig) -> FullyShardedDataParallelPlugin:

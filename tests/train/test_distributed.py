@@ -96,3 +96,8 @@ def test_single_engine_refuses_several_processes(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "distributed=single but the launcher started 2 processes" in result.stderr
+
+
+def test_a_zero_engine_runs_in_a_plain_process_like_ddp(single_adamw: Path, tmp_path: Path) -> None:
+    plain = train(tmp_path / "zero2", *ADAMW, "distributed=zero2", nproc=1)
+    assert_same_trajectory(read_metrics(single_adamw), plain)

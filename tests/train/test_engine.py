@@ -9,6 +9,7 @@ from pcpretrain.config import ConfigError, DistributedConfig, TrainConfig, Train
 from pcpretrain.train.engine import (
     build_accelerator,
     deepspeed_config,
+    ensure_launcher_env,
     fsdp_plugin,
     gradient_accumulation_steps,
     resolve_device,
@@ -67,3 +68,13 @@ def test_fsdp_without_a_gpu_is_a_clear_error() -> None:
     cfg = TrainConfig(trainer=TrainerConfig(device="cpu"), distributed=DistributedConfig(engine="fsdp"))
     with pytest.raises(ConfigError, match="distributed=fsdp needs CUDA devices"):
         build_accelerator(cfg)
+
+
+def test_a_process_without_launcher_gets_one_process_launch_variables() -> None:
+    environ: dict[str, str] = {}
+    ensure_launcher_env(environ)
+    assert environ["RANK"] == environ["LOCAL_RANK"] == "0" and environ["WORLD_SIZE"] == "1"
+    assert environ["MASTER_ADDR"] == "127.0.0.1" and int(environ["MASTER_PORT"]) > 0
+    launched = {"LOCAL_RANK": "3", "RANK": "11", "WORLD_SIZE": "16"}
+    ensure_launcher_env(launched)
+    assert launched == {"LOCAL_RANK": "3", "RANK": "11", "WORLD_SIZE": "16"}
