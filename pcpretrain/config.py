@@ -17,6 +17,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 PC_DEGREES = (0, 1, 2, 3, 4)
+PC_TRANSFORM_EVERY = ("step", "forward")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 OPTIMIZERS = ("adamw", "muon")
@@ -71,6 +72,9 @@ class PCConfig:
         default_factory=lambda: ["*.mlp.gate_proj", "*.mlp.up_proj", "*.mlp.down_proj", "*.self_attn.o_proj"]
     )
     power_iters: int = 10
+    # step: W_eff computed once per optimizer step and back-propagated once (fast, default);
+    # forward: recomputed in every micro-batch forward (the reference code's way, for comparison).
+    transform_every: str = "step"
 
 
 @dataclass
@@ -299,6 +303,7 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
     """Reject out-of-range values with a message naming the key and the allowed values."""
     _choice("pc.degree", cfg.pc.degree, PC_DEGREES)
     _positive("pc.power_iters", cfg.pc.power_iters)
+    _choice("pc.transform_every", cfg.pc.transform_every, PC_TRANSFORM_EVERY)
     if cfg.pc.degree and not cfg.pc.targets:
         raise ConfigError(
             "pc.targets is empty; give module-name patterns such as '*.mlp.up_proj' or set pc.degree=0"

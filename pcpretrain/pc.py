@@ -142,6 +142,8 @@ class PCLinear(nn.Linear):
         self.pc_gamma = nn.Parameter(torch.ones(1, dtype=weight.dtype, device=weight.device))
         self.register_buffer("pc_u", _random_unit(self.out_features, generator, weight))
         self.register_buffer("pc_v", _random_unit(self.in_features, generator, weight))
+        # Set between begin_step and finish_step: W_eff shared by all micro-batches of one step.
+        self.step_weight: Tensor | None = None
 
     @classmethod
     def from_linear(
@@ -153,7 +155,20 @@ class PCLinear(nn.Linear):
         return effective_weight(self.weight, self.pc_gamma, self.pc_u, self.pc_v, self.degree)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.effective_weight(), self.bias)
+        weight = self.step_weight if self.step_weight is not None else self.effective_weight()
+        return F.linear(x, weight, self.bias)
+
+    def begin_step(self) -> None:
+        """Compute W_eff once for the coming optimizer step, as a leaf that collects the micro-batches'
+        gradients; the transform's own graph is not kept (it is recomputed once in :meth:`finish_step`)."""
+        with torch.no_grad():
+            self.step_weight = self.effective_weight().requires_grad_(True)
+
+    def finish_step(self) -> None:
+        """Back-propagate the accumulated dL/dW_eff through the transform once, into weight and gamma."""
+        leaf, self.step_weight = self.step_weight, None
+        if leaf is not None and leaf.grad is not None:
+            self.effective_weight().backward(leaf.grad)
 
     def update_spectral_estimate(self, weight: Tensor | None = None) -> None:
         """Warm-started power iteration on ``weight`` (the whole matrix when ``self.weight`` is sharded)."""
@@ -203,6 +218,24 @@ def apply_pc(
         setattr(parent, attr, PCLinear.from_linear(getattr(parent, attr), degree, power_iters, generator))
     update_spectral_estimates(model)  # the "once before training" power iteration
     return names
+
+
+def begin_step(model: nn.Module) -> None:
+    """Start an optimizer step on the per-step path: every PC layer computes W_eff once."""
+    for _, mod in pc_modules(model):
+        mod.begin_step()
+
+
+def step_weight_grads(model: nn.Module) -> list[Tensor]:
+    """The accumulated dL/dW_eff of every PC layer (to all-reduce under data parallelism)."""
+    leaves = [mod.step_weight for _, mod in pc_modules(model) if mod.step_weight is not None]
+    return [leaf.grad for leaf in leaves if leaf.grad is not None]
+
+
+def finish_step(model: nn.Module) -> None:
+    """End the step: one backward through each transform; later forwards recompute W_eff again."""
+    for _, mod in pc_modules(model):
+        mod.finish_step()
 
 
 # Gives read access to the whole tensor behind a parameter; identity unless an engine shards it.

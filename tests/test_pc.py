@@ -13,7 +13,9 @@ from pcpretrain.pc import (
     DEFAULT_TARGETS,
     PCLinear,
     apply_pc,
+    begin_step,
     effective_weight,
+    finish_step,
     merge_state_dict,
     pc_modules,
     pc_statistics,
@@ -21,6 +23,7 @@ from pcpretrain.pc import (
     power_iteration_,
     precondition,
     spectral_norm_estimate,
+    step_weight_grads,
     update_spectral_estimates,
 )
 
@@ -362,3 +365,46 @@ def test_degree_validation(degree):
     ):
         with pytest.raises(ValueError, match="0-4"):
             call()
+
+
+def _accumulated_grads(model: nn.Module, micro_batches: list[torch.Tensor], per_step: bool) -> dict:
+    """Gradients of the mean loss over micro-batches, with W_eff per forward or once per step."""
+    model.zero_grad(set_to_none=True)
+    if per_step:
+        begin_step(model)
+    for tokens in micro_batches:
+        loss = model(input_ids=tokens, labels=tokens).loss / len(micro_batches)
+        loss.backward()
+    if per_step:
+        finish_step(model)
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def test_per_step_transform_gives_the_per_forward_gradients() -> None:
+    model = tiny_llama().to(F64).train()
+    apply_pc(model, 4)
+    micro_batches = [
+        torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(i)) for i in range(3)
+    ]
+    per_forward = _accumulated_grads(model, micro_batches, per_step=False)
+    per_step = _accumulated_grads(model, micro_batches, per_step=True)
+    assert per_step.keys() == per_forward.keys()
+    assert any(name.endswith("pc_gamma") for name in per_step)
+    for name, grad in per_forward.items():
+        torch.testing.assert_close(per_step[name], grad, rtol=1e-10, atol=1e-12)
+    assert all(mod.step_weight is None for _, mod in pc_modules(model))  # released after the step
+
+
+def test_per_step_transform_is_computed_once_and_shared_by_micro_batches(monkeypatch) -> None:
+    model = tiny_llama().train()
+    apply_pc(model, 2)
+    calls = []
+    original = PCLinear.effective_weight
+    monkeypatch.setattr(PCLinear, "effective_weight", lambda self: calls.append(1) or original(self))
+    begin_step(model)
+    for seed in range(4):
+        tokens = torch.randint(0, 128, (2, 8), generator=torch.Generator().manual_seed(seed))
+        model(input_ids=tokens, labels=tokens).loss.backward()
+    assert len(step_weight_grads(model)) == len(pc_modules(model)) == len(calls)
+    finish_step(model)
+    assert len(calls) == 2 * len(pc_modules(model))  # once to begin, once to back-propagate

@@ -10,6 +10,7 @@ from pathlib import Path
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from omegaconf import OmegaConf
+from torch.nn.parallel import DistributedDataParallel
 
 from pcpretrain import pc
 from pcpretrain.config import ConfigError, TrainConfig, load_yaml, to_yaml, validate
@@ -23,11 +24,12 @@ from pcpretrain.train import checkpoint as ckpt
 from pcpretrain.train.callbacks.checkpointing import Checkpointing
 from pcpretrain.train.callbacks.evaluation import Evaluation
 from pcpretrain.train.callbacks.metrics_file import MetricsFile, read_metrics
+from pcpretrain.train.callbacks.pc_step import PCStepTransform, ddp_ignored_names
 from pcpretrain.train.callbacks.progress import ConsoleProgress
 from pcpretrain.train.callbacks.spectral import SpectralNormUpdate
 from pcpretrain.train.callbacks.speed import SpeedMonitor
 from pcpretrain.train.callbacks.wandb_logger import WandbLogger
-from pcpretrain.train.engine import build_accelerator, launched_world_size
+from pcpretrain.train.engine import SHARDED_ENGINES, build_accelerator, launched_world_size
 from pcpretrain.train.errors import CheckpointError, NonFiniteLossError
 from pcpretrain.train.preemption import Preemption, StopSignals
 from pcpretrain.train.state import TrainState
@@ -92,7 +94,15 @@ def run_training(cfg: TrainConfig, run_dir: Path) -> RunSummary:
 
     model = build_model(cfg.model, vocab_size, data.tokenizer.bos_id, data.tokenizer.eos_id)
     converted = pc.apply_pc(model, cfg.pc.degree, cfg.pc.targets, cfg.pc.power_iters, seed=cfg.seed)
-    log.info("PC degree %d on %d matrices", cfg.pc.degree, len(converted))
+    per_step_pc = uses_per_step_pc(cfg)
+    log.info(
+        "PC degree %d on %d matrices, transform computed once per %s",
+        cfg.pc.degree,
+        len(converted),
+        "optimizer step" if per_step_pc else "micro-batch forward",
+    )
+    if per_step_pc and accelerator.num_processes > 1:
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ddp_ignored_names(model))
     model.to(accelerator.device)
     optimizer = build_optimizer(
         model, cfg.optimizer, run_dir / OPTIMIZER_GROUPS_FILE if accelerator.is_main_process else None
@@ -135,6 +145,7 @@ def run_training(cfg: TrainConfig, run_dir: Path) -> RunSummary:
     log_every = cfg.trainer.log_every
     preemption = Preemption(StopSignals(cfg.distributed.stop_signals))
     callbacks = [
+        *([PCStepTransform()] if per_step_pc else []),
         preemption,
         speed,
         SpectralNormUpdate(log_every),
@@ -169,6 +180,18 @@ def run_training(cfg: TrainConfig, run_dir: Path) -> RunSummary:
     if accelerator.is_main_process:
         (run_dir / SUMMARY_FILE).write_text(json.dumps(asdict(summary), indent=2), encoding="utf-8")
     return summary
+
+
+def uses_per_step_pc(cfg: TrainConfig) -> bool:
+    """The per-step PC path, wherever it is exact; engines that shard parameters use the per-forward one."""
+    if cfg.pc.degree == 0 or cfg.pc.transform_every != "step":
+        return False
+    if cfg.distributed.engine in SHARDED_ENGINES:
+        log.info(
+            "distributed=%s shards parameters: the PC transform runs in every forward", cfg.distributed.engine
+        )
+        return False
+    return True
 
 
 def locate_resume(cfg: TrainConfig, ckpt_root: Path) -> Path | None:

@@ -106,6 +106,7 @@ class Trainer:
                     )
                     self._check_finite(loss_value, 0.0, step_taken=False)
                 self.accelerator.backward(loss)
+        self._emit("pre_optim_step")
         max_norm = self.grad_clip if self.grad_clip > 0 else math.inf
         grad_norm = float(self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm))
         self._check_finite(loss_value, grad_norm, step_taken=self.engine_steps_in_backward)

@@ -21,6 +21,9 @@ class Callback:
     def on_step_start(self, trainer: Trainer) -> None:
         """Before the step's first micro-batch."""
 
+    def pre_optim_step(self, trainer: Trainer) -> None:
+        """After the step's last backward, before gradient clipping and the optimizer step."""
+
     def post_optim_step(self, trainer: Trainer) -> None:
         """Right after the optimizer step, before the step counter advances."""
 

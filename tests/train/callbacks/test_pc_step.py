@@ -1,0 +1,50 @@
+"""The per-step PC path trains like the per-forward one, and is the default where it is exact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers import TINY_OVERRIDES, compose_config, read_metrics, run_cli
+
+from pcpretrain.train.callbacks.pc_step import ddp_ignored_names
+from pcpretrain.train.run import uses_per_step_pc
+
+
+@pytest.mark.slow
+def test_per_step_and_per_forward_transforms_give_the_same_loss_curve(tmp_path: Path) -> None:
+    overrides = [*TINY_OVERRIDES, "trainer.max_steps=8", "trainer.micro_batch_size=2"]
+    run_cli("train", *overrides, f"run.dir={tmp_path / 'step'}")
+    run_cli("train", *overrides, "pc.transform_every=forward", f"run.dir={tmp_path / 'forward'}")
+    step, forward = read_metrics(tmp_path / "step"), read_metrics(tmp_path / "forward")
+    assert len(step) == len(forward) == 8
+    for fast, slow in zip(step, forward, strict=True):
+        assert fast["loss"] == pytest.approx(slow["loss"], rel=1e-5)
+        assert fast["pc/gamma_mean"] == pytest.approx(slow["pc/gamma_mean"], rel=1e-5)
+
+
+def test_per_step_path_is_the_default_except_under_sharding_engines() -> None:
+    assert uses_per_step_pc(compose_config())
+    assert uses_per_step_pc(compose_config("distributed=ddp"))
+    assert not uses_per_step_pc(compose_config("pc.transform_every=forward"))
+    assert not uses_per_step_pc(compose_config("pc.degree=0"))
+    for engine in ("fsdp", "zero1", "zero2", "zero3"):
+        assert not uses_per_step_pc(compose_config(f"distributed={engine}"))
+
+
+def test_ddp_leaves_the_pc_weights_to_the_per_step_backward() -> None:
+    import torch
+
+    from pcpretrain import pc
+    from pcpretrain.config import ModelConfig
+    from pcpretrain.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=4), 64)
+    pc.apply_pc(model, 2)
+    names = ddp_ignored_names(model)
+    assert (
+        "model.layers.0.mlp.up_proj.weight" in names and "model.layers.0.self_attn.o_proj.pc_gamma" in names
+    )
+    assert "model.layers.0.self_attn.q_proj.weight" not in names
+    assert set(names) <= dict(model.named_parameters()).keys()
