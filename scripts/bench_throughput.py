@@ -1,0 +1,206 @@
+"""Training throughput of several variants of one model, side by side in one process.
+
+Each variant runs the real training step (accelerate engine, gradient accumulation, PC callbacks,
+optimizer) on random tokens, and prints tokens/s, MFU, peak GPU memory, the optimizer's share of
+the step, and the ratio of its throughput to the first variant's (the baseline).
+
+    python scripts/bench_throughput.py                              # Llama-1B on the GPU: the issue's table
+    python scripts/bench_throughput.py --variants baseline pc4 pc4-forward --micro-batches 10
+    python scripts/bench_throughput.py --tiny                        # a seconds-long smoke run on a CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra import compose, initialize_config_dir
+
+from pcpretrain import pc
+from pcpretrain.config import TrainConfig, register_configs, to_train_config
+from pcpretrain.model import build_model, flops_per_token, peak_flops
+from pcpretrain.optim import build_optimizer, build_scheduler
+from pcpretrain.train.callbacks.base import Callback
+from pcpretrain.train.callbacks.pc_step import PCStepTransform
+from pcpretrain.train.callbacks.spectral import SpectralNormUpdate
+from pcpretrain.train.engine import build_accelerator
+from pcpretrain.train.run import uses_per_step_pc
+from pcpretrain.train.state import TrainState
+from pcpretrain.train.trainer import Trainer
+
+CONFIGS = Path(__file__).resolve().parents[1] / "pcpretrain" / "configs"
+VARIANTS = {
+    "baseline": ["pc.degree=0"],
+    "pc4": ["pc.degree=4"],
+    "pc4-forward": ["pc.degree=4", "pc.transform_every=forward"],
+    "muon": ["optimizer=muon", "pc.degree=0"],
+    "muon-pc2": ["optimizer=muon", "pc.degree=2"],
+}
+TINY = ["model=tiny", "model.vocab_size=512"]
+
+
+@dataclass
+class Result:
+    name: str
+    tokens_per_s: float
+    mfu: float | None
+    peak_gib: float | None
+    optimizer_share: float
+
+
+class RandomBatches:
+    """Micro-batches of random token windows, generated on the device (no loader in the way)."""
+
+    def __init__(self, micro_batches: int, micro_batch_size: int, seq_len: int, vocab: int, device) -> None:
+        self.shape = (micro_batch_size, seq_len + 1)
+        self.micro_batches, self.vocab, self.device = micro_batches, vocab, device
+
+    def next_step(self) -> list[torch.Tensor]:
+        return [
+            torch.randint(0, self.vocab, self.shape, device=self.device) for _ in range(self.micro_batches)
+        ]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+
+class StepTimer(Callback):
+    """Wall time of each step and of its optimizer part (clipping, optimizer, PC backward excluded)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.steps: list[float] = []
+        self.optimizer: list[float] = []
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def on_step_start(self, trainer: Trainer) -> None:
+        self.start = self._now()
+
+    def pre_optim_step(self, trainer: Trainer) -> None:
+        self.optimizer_start = self._now()
+
+    def post_optim_step(self, trainer: Trainer) -> None:
+        self.optimizer.append(self._now() - self.optimizer_start)
+
+    def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        self.steps.append(self._now() - self.start)
+
+
+def variant_config(overrides: list[str]) -> TrainConfig:
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return to_train_config(compose(config_name="train", overrides=["~experiment", *overrides]))
+
+
+def run_variant(name: str, cfg: TrainConfig, micro_batches: int, warmup: int, steps: int) -> Result:
+    accelerator = build_accelerator(cfg)
+    device = accelerator.device
+    vocab = cfg.model.vocab_size or 32000
+    torch.manual_seed(0)
+    model = build_model(cfg.model, vocab)
+    pc.apply_pc(model, cfg.pc.degree, cfg.pc.targets, cfg.pc.power_iters)
+    model.to(device)
+    optimizer = build_optimizer(model, cfg.optimizer)
+    scheduler = build_scheduler(optimizer, cfg.scheduler, warmup + steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    timer = StepTimer(device)
+    callbacks = [PCStepTransform()] if uses_per_step_pc(cfg) else []
+    trainer = Trainer(
+        accelerator=accelerator,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        train_batches=RandomBatches(
+            micro_batches, cfg.trainer.micro_batch_size, cfg.data.seq_len, vocab, device
+        ),
+        state=TrainState(),
+        max_steps=warmup + steps,
+        grad_clip=cfg.trainer.grad_clip,
+        callbacks=[*callbacks, SpectralNormUpdate(log_every=10**9), timer],
+    )
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    trainer.fit()
+    step_time = sum(timer.steps[warmup:]) / steps
+    tokens_per_s = micro_batches * cfg.trainer.micro_batch_size * cfg.data.seq_len / step_time
+    peak = peak_flops(device)
+    result = Result(
+        name=name,
+        tokens_per_s=tokens_per_s,
+        mfu=flops_per_token(cfg.model, vocab, cfg.data.seq_len) * tokens_per_s / peak if peak else None,
+        peak_gib=torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
+        optimizer_share=sum(timer.optimizer[warmup:]) / sum(timer.steps[warmup:]),
+    )
+    del trainer, model, optimizer, scheduler, accelerator
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+def render(results: list[Result]) -> str:
+    base = results[0]
+    lines = [
+        f"{'variant':14} {'tokens/s':>10} {'MFU':>7} {'peak GiB':>9} {'optim %':>8} {'vs ' + base.name:>12}"
+    ]
+    for r in results:
+        mfu = f"{100 * r.mfu:6.1f}%" if r.mfu is not None else "    n/a"
+        peak = f"{r.peak_gib:9.1f}" if r.peak_gib is not None else "      n/a"
+        ratio = r.tokens_per_s / base.tokens_per_s
+        share = 100 * r.optimizer_share
+        lines.append(f"{r.name:14} {r.tokens_per_s:10,.0f} {mfu:>7} {peak} {share:7.1f}% {ratio:12.3f}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--variants", nargs="+", default=["baseline", "pc4", "pc4-forward", "muon-pc2"])
+    parser.add_argument("--model", default="1B", help="a model config name: tiny, debug, 271M, 1B")
+    parser.add_argument("--seq-len", type=int, default=2048)
+    parser.add_argument("--micro-batch-size", type=int, default=8)
+    parser.add_argument("--micro-batches", type=int, default=4, help="micro-batches per optimizer step")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per variant")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--set", nargs="*", default=[], help="extra config overrides for every variant")
+    parser.add_argument("--tiny", action="store_true", help="tiny model, short sequences: a CPU smoke run")
+    args = parser.parse_args()
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+    if args.tiny:
+        args.seq_len, args.micro_batch_size, args.micro_batches, args.steps, args.warmup = 32, 2, 2, 2, 1
+    shape = TINY if args.tiny else [f"model={args.model}", "model.vocab_size=32000"]
+    common = [
+        *shape,
+        f"data.seq_len={args.seq_len}",
+        f"trainer.micro_batch_size={args.micro_batch_size}",
+        f"trainer.batch_size={args.micro_batch_size * args.micro_batches}",
+        "distributed=single",
+        *args.set,
+    ]
+    results = []
+    for name in args.variants:
+        cfg = variant_config([*common, *VARIANTS[name]])
+        results.append(run_variant(name, cfg, args.micro_batches, args.warmup, args.steps))
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    model = "tiny" if args.tiny else args.model
+    print(
+        f"model {model}, seq {args.seq_len}, micro-batch {args.micro_batch_size} "
+        f"x {args.micro_batches} per step, on {device}"
+    )
+    print(render(results))
+
+
+if __name__ == "__main__":
+    main()
