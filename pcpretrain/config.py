@@ -209,6 +209,8 @@ class TrainerConfig:
     grad_clip: float = 1.0
     precision: str = "auto"
     device: str = "auto"
+    # torch.compile of each decoder layer (regional compilation); null: on for CUDA, off on CPU.
+    compile: bool | None = None
     eval_every: int = 50
     eval_batches: int | None = 8
     log_every: int = 1

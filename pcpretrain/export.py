@@ -134,6 +134,8 @@ def export_checkpoint(checkpoint_dir: Path, out_dir: Path, overwrite: bool = Fal
 
 
 def _strip_wrappers(name: str) -> str:
+    """Plain Llama names: regional compilation inserts ``_orig_mod`` inside, DDP/compile prefix it."""
+    name = name.replace("._orig_mod.", ".")
     for prefix in _WRAPPER_PREFIXES:
         while name.startswith(prefix):
             name = name[len(prefix) :]

@@ -19,7 +19,12 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import DeepSpeedPlugin, FullyShardedDataParallelPlugin, InitProcessGroupKwargs
+from accelerate.utils import (
+    DeepSpeedPlugin,
+    FullyShardedDataParallelPlugin,
+    InitProcessGroupKwargs,
+    TorchDynamoPlugin,
+)
 
 from pcpretrain.config import ZERO_ENGINES, ConfigError, DistributedConfig, TrainConfig, TrainerConfig
 
@@ -43,6 +48,11 @@ def resolve_precision(requested: str, device: str) -> str:
     if requested != "auto":
         return requested
     return "bf16" if device == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def resolve_compile(requested: bool | None, device: str) -> bool:
+    """``null`` compiles on GPUs, where it pays off; on CPUs compilation costs more than it saves."""
+    return device == "cuda" if requested is None else requested
 
 
 def launched_world_size() -> int:
@@ -94,6 +104,10 @@ def build_accelerator(cfg: TrainConfig) -> Accelerator:
         mixed_precision="bf16" if precision == "bf16" and engine not in ZERO_ENGINES else "no",
         gradient_accumulation_steps=grad_accum,
         step_scheduler_with_optimizer=False,
+        dynamo_plugin=TorchDynamoPlugin(
+            backend="inductor" if resolve_compile(cfg.trainer.compile, device) else "no",
+            use_regional_compilation=True,
+        ),
         kwargs_handlers=[InitProcessGroupKwargs(**group_kwargs)],
         **engine_kwargs,
     )

@@ -12,6 +12,7 @@ from pcpretrain.train.engine import (
     ensure_launcher_env,
     fsdp_plugin,
     gradient_accumulation_steps,
+    resolve_compile,
     resolve_device,
     resolve_precision,
 )
@@ -78,3 +79,8 @@ def test_a_process_without_launcher_gets_one_process_launch_variables() -> None:
     launched = {"LOCAL_RANK": "3", "RANK": "11", "WORLD_SIZE": "16"}
     ensure_launcher_env(launched)
     assert launched == {"LOCAL_RANK": "3", "RANK": "11", "WORLD_SIZE": "16"}
+
+
+def test_compilation_defaults_to_gpus_only() -> None:
+    assert resolve_compile(None, "cuda") and not resolve_compile(None, "cpu")
+    assert resolve_compile(True, "cpu") and not resolve_compile(False, "cuda")
