@@ -75,8 +75,6 @@ def build_accelerator(cfg: TrainConfig) -> Accelerator:
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    if engine in SHARDED_ENGINES:
-        ensure_launcher_env()
     group_kwargs: dict[str, Any] = {"timeout": timedelta(seconds=cfg.distributed.timeout_s)}
     engine_kwargs: dict[str, Any] = {}
     if engine == "fsdp":
@@ -85,8 +83,10 @@ def build_accelerator(cfg: TrainConfig) -> Accelerator:
                 "distributed=fsdp needs CUDA devices (accelerate runs FSDP2 on GPUs only); "
                 "on CPU use distributed=ddp, zero1, zero2 or zero3"
             )
+        ensure_launcher_env()
         engine_kwargs["fsdp_plugin"] = fsdp_plugin(cfg.distributed)
     elif engine in ZERO_ENGINES:
+        ensure_launcher_env()
         engine_kwargs["deepspeed_plugin"] = DeepSpeedPlugin(
             hf_ds_config=deepspeed_config(cfg, precision, grad_accum)
         )

@@ -101,7 +101,7 @@ def run_training(cfg: TrainConfig, run_dir: Path) -> RunSummary:
         len(converted),
         "optimizer step" if per_step_pc else "micro-batch forward",
     )
-    if per_step_pc and accelerator.num_processes > 1:
+    if per_step_pc:  # a no-op unless accelerate wraps the model in DDP (which it may do for one process)
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ddp_ignored_names(model))
     model.to(accelerator.device)
     optimizer = build_optimizer(
