@@ -158,11 +158,12 @@ class PCLinear(nn.Linear):
         weight = self.step_weight if self.step_weight is not None else self.effective_weight()
         return F.linear(x, weight, self.bias)
 
-    def begin_step(self) -> None:
-        """Compute W_eff once for the coming optimizer step, as a leaf that collects the micro-batches'
-        gradients; the transform's own graph is not kept (it is recomputed once in :meth:`finish_step`)."""
+    def begin_step(self, weight: Tensor | None = None) -> None:
+        """Compute W_eff once for the coming optimizer step (or take ``weight``, W_eff computed by
+        another rank), as a leaf that collects the micro-batches' gradients; the transform's own graph
+        is not kept (it is recomputed once in :meth:`finish_step`)."""
         with torch.no_grad():
-            self.step_weight = self.effective_weight().requires_grad_(True)
+            self.step_weight = (self.effective_weight() if weight is None else weight).requires_grad_(True)
 
     def finish_step(self) -> None:
         """Back-propagate the accumulated dL/dW_eff through the transform once, into weight and gamma."""
