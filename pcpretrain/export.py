@@ -51,8 +51,9 @@ def write_merged_groups(
     out_dir: Path,
     max_shard_bytes: int = MAX_SHARD_BYTES,
 ) -> Path:
-    """Merge group by group (each group holds whole PC layers) and write safetensors shards of at most
-    ``max_shard_bytes``; one shard is ``model.safetensors``, more get an index, as transformers expects."""
+    """Merge group by group (each group holds whole PC layers) and write safetensors shards, each closed
+    once it reaches ``max_shard_bytes``; one shard is ``model.safetensors``, more get an index, as
+    transformers expects."""
     with ckpt.atomic_directory(out_dir) as tmp:
         writer = _ShardWriter(tmp, max_shard_bytes)
         for group in groups:
@@ -69,7 +70,7 @@ def write_merged_groups(
 
 
 class _ShardWriter:
-    """Collects merged tensors and flushes them to numbered safetensors files of bounded size."""
+    """Collects merged tensors and flushes them to a numbered safetensors file once they reach the size."""
 
     def __init__(self, directory: Path, max_shard_bytes: int) -> None:
         self.directory = directory

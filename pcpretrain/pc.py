@@ -227,12 +227,6 @@ def begin_step(model: nn.Module) -> None:
         mod.begin_step()
 
 
-def step_weight_grads(model: nn.Module) -> list[Tensor]:
-    """The accumulated dL/dW_eff of every PC layer (to all-reduce under data parallelism)."""
-    leaves = [mod.step_weight for _, mod in pc_modules(model) if mod.step_weight is not None]
-    return [leaf.grad for leaf in leaves if leaf.grad is not None]
-
-
 def finish_step(model: nn.Module) -> None:
     """End the step: one backward through each transform; later forwards recompute W_eff again."""
     for _, mod in pc_modules(model):
