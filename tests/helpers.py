@@ -62,6 +62,17 @@ def run_cli(
     return result
 
 
+def run_script(name: str, *args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``scripts/<name>`` with this interpreter, output captured as text."""
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=check,
+    )
+
+
 def start_cli(*args: str, nproc: int = 1) -> subprocess.Popen:
     """Start ``pcpretrain`` without waiting, for tests that signal or kill it mid-run."""
     return subprocess.Popen(

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
-from helpers import REPO_ROOT
+from helpers import run_script
 
 pytestmark = pytest.mark.slow
 
 
 def test_bench_throughput_tiny_reports_every_variant_against_the_baseline() -> None:
-    result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / "bench_throughput.py"), "--tiny"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=True,
-    )
+    result = run_script("bench_throughput.py", "--tiny")
     lines = result.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("variant"))
     rows = {line.split()[0]: line.split() for line in lines[header + 1 :]}
@@ -28,10 +19,5 @@ def test_bench_throughput_tiny_reports_every_variant_against_the_baseline() -> N
 
 
 def test_bench_throughput_rejects_an_unknown_variant() -> None:
-    result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / "bench_throughput.py"), "--tiny", "--variants", "pc9"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_script("bench_throughput.py", "--tiny", "--variants", "pc9", check=False, timeout=120)
     assert result.returncode == 2 and "unknown variants ['pc9']" in result.stderr
