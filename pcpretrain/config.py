@@ -211,6 +211,11 @@ class TrainerConfig:
     device: str = "auto"
     # torch.compile of each decoder layer (regional compilation); null: on for CUDA, off on CPU.
     compile: bool | None = None
+    # Tokens per chunk of the fused LM-head cross-entropy, so the vocabulary-wide logits never exist in
+    # full; 0 computes all logits at once (the plain path, for comparison).
+    loss_chunk_tokens: int = 8192
+    # Recompute each decoder layer's activations in the backward pass instead of storing them.
+    activation_checkpointing: bool = False
     eval_every: int = 50
     eval_batches: int | None = 8
     log_every: int = 1
@@ -429,6 +434,7 @@ def _validate_trainer(cfg: TrainConfig, world_size: int) -> None:
     _positive("trainer.grad_clip", t.grad_clip, allow_zero=True)
     _choice("trainer.precision", t.precision, PRECISIONS)
     _choice("trainer.device", t.device, DEVICES)
+    _positive("trainer.loss_chunk_tokens", t.loss_chunk_tokens, allow_zero=True)
     _positive("trainer.eval_every", t.eval_every, allow_zero=True)
     if t.eval_batches is not None:
         _positive("trainer.eval_batches", t.eval_batches)
