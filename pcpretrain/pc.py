@@ -1,19 +1,11 @@
-"""Polynomial preconditioning (PC) of linear layers.
+"""PC layers: linear layers whose forward uses the preconditioned weight W_eff, and model surgery.
 
-A target weight W (m x n, out x in) is used in the forward pass as
-
-    sigma = u^T W v + eps                      (power-iteration estimate of ||W||_2, differentiable in W)
-    X     = W / sigma
-    P     = X q_k(X^T X)  if m >= n  else  q_k(X X^T) X
-    W_eff = gamma * stopgrad(sigma) * P
-
-so every singular value s of X is mapped to s * q_k(s^2), which flattens the spectrum. The raw W stays
-the trainable parameter under its plain Llama name; merging stores W_eff and yields an ordinary Llama.
+The transform itself lives in :mod:`pcpretrain.pc_math`. The raw W stays the trainable parameter
+under its plain Llama name; merging stores W_eff and yields an ordinary Llama.
 """
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -22,14 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# Coefficients of q_k in ascending powers of the Gram matrix G. Single source of truth.
-PC_COEFFICIENTS: dict[int, tuple[float, ...]] = {
-    1: (1.507, -0.507),
-    2: (2.083, -1.643, 0.560),
-    3: (2.909, -4.649, 4.023, -1.283),
-    4: (3.625, -9.261, 14.097, -10.351, 2.890),
-}
-SIGMA_EPS = 1e-7
+from pcpretrain.pc_math import (
+    check_degree,
+    compute_dtype,
+    effective_weight,
+    effective_weight_vjp,
+    power_iteration_,
+    spectral_norm_estimate,
+)
+
 DEFAULT_TARGETS: tuple[str, ...] = (
     "*.mlp.gate_proj",
     "*.mlp.up_proj",
@@ -39,79 +32,13 @@ DEFAULT_TARGETS: tuple[str, ...] = (
 _PC_SUFFIXES = ("pc_gamma", "pc_u", "pc_v")
 
 
-def _check_degree(degree: int) -> int:
-    if degree != 0 and degree not in PC_COEFFICIENTS:
-        raise ValueError(f"PC degree must be in 0-4 (0 = no preconditioning), got {degree!r}")
-    return int(degree)
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float32, or the input dtype when it is wider (float64): never below single precision."""
-    return torch.promote_types(dtype, torch.float32)
-
-
-def polynomial_map(x: Tensor, degree: int) -> Tensor:
-    """X q_k(G) with the Gram matrix on the smaller side (cheapest, and exact for both shapes)."""
-    coeffs = PC_COEFFICIENTS.get(_check_degree(degree))
-    if coeffs is None:
-        return x
-    tall = x.shape[-2] >= x.shape[-1]
-    gram = x.mT @ x if tall else x @ x.mT
-    eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
-    q = coeffs[-1] * gram + coeffs[-2] * eye  # Horner: q = c_{k-1} I + G (c_k I), then fold in the rest
-    for c in reversed(coeffs[:-2]):
-        q = gram @ q + c * eye
-    return x @ q if tall else q @ x
-
-
-def precondition(weight: Tensor, degree: int, sigma: Tensor | float) -> Tensor:
-    """sigma * X q_k(G) with X = weight / sigma: the transform without gamma, for analysis and tests."""
-    return sigma * polynomial_map(weight / sigma, degree)
-
-
-def spectral_norm_estimate(weight: Tensor, u: Tensor, v: Tensor) -> Tensor:
-    """u^T W v + eps; differentiable in W so the normalisation inside X carries gradient."""
-    return u.to(weight.dtype) @ (weight @ v.to(weight.dtype)) + SIGMA_EPS
-
-
-@torch.no_grad()
-def power_iteration_(weight: Tensor, u: Tensor, v: Tensor, iters: int) -> None:
-    """Warm-started power iteration, in place on u, v; float32+ so the estimate is not bf16-noisy."""
-    w = weight.detach().to(_compute_dtype(weight.dtype))
-    uu, vv = u.to(w.dtype), v.to(w.dtype)
-    for _ in range(iters):
-        vv = F.normalize(w.mT @ uu, dim=0)
-        uu = F.normalize(w @ vv, dim=0)
-    u.copy_(uu)
-    v.copy_(vv)
-
-
-def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
-    if torch.amp.is_autocast_available(device_type):
-        return torch.autocast(device_type=device_type, enabled=False)
-    return contextlib.nullcontext()
-
-
-def effective_weight(weight: Tensor, gamma: Tensor, u: Tensor, v: Tensor, degree: int) -> Tensor:
-    """gamma * stopgrad(sigma) * X q_k(G), always computed in float32 (float64 for float64 weights).
-
-    Why not in bf16 under autocast: the polynomial's large alternating coefficients (e.g. +14.1 G^2
-    - 10.4 G^3 at degree 4) cancel catastrophically with bf16's 8-bit mantissa, destroying the
-    singular-value map, and sigma / the normalisation need float32 range. Autocast is therefore disabled
-    here and the result is cast back to weight.dtype. Merging calls this same function, so merged weights
-    equal the weights used in training exactly.
-    """
-    with _autocast_off(weight.device.type):
-        dtype = _compute_dtype(weight.dtype)
-        w = weight.to(dtype)
-        sigma = spectral_norm_estimate(w, u, v)
-        out = gamma.to(dtype) * sigma.detach() * polynomial_map(w / sigma, degree)
-    return out.to(weight.dtype)
-
-
 def _random_unit(n: int, generator: torch.Generator, like: Tensor) -> Tensor:
     vec = torch.randn(n, generator=generator, dtype=torch.float64)  # on the generator's (CPU) device
-    return F.normalize(vec, dim=0).to(device=like.device, dtype=_compute_dtype(like.dtype))
+    return F.normalize(vec, dim=0).to(device=like.device, dtype=compute_dtype(like.dtype))
+
+
+def _add_grad(param: Tensor, grad: Tensor) -> None:
+    param.grad = grad if param.grad is None else param.grad.add_(grad)
 
 
 class PCLinear(nn.Linear):
@@ -137,13 +64,15 @@ class PCLinear(nn.Linear):
             self.register_parameter("bias", None)
         else:
             self.bias = bias
-        self.degree = _check_degree(degree)
+        self.degree = check_degree(degree)
         self.power_iters = int(power_iters)
         self.pc_gamma = nn.Parameter(torch.ones(1, dtype=weight.dtype, device=weight.device))
         self.register_buffer("pc_u", _random_unit(self.out_features, generator, weight))
         self.register_buffer("pc_v", _random_unit(self.in_features, generator, weight))
-        # Set between begin_step and finish_step: W_eff shared by all micro-batches of one step.
+        # Set between begin_step and finish_step: W_eff shared by all micro-batches of one step (in the
+        # forward's compute dtype), and the float32 sum of their gradients with respect to it.
         self.step_weight: Tensor | None = None
+        self.step_grad: Tensor | None = None
 
     @classmethod
     def from_linear(
@@ -158,18 +87,47 @@ class PCLinear(nn.Linear):
         weight = self.step_weight if self.step_weight is not None else self.effective_weight()
         return F.linear(x, weight, self.bias)
 
-    def begin_step(self, weight: Tensor | None = None) -> None:
+    @torch.no_grad()
+    def begin_step(self, weight: Tensor | None = None, dtype: torch.dtype | None = None) -> None:
         """Compute W_eff once for the coming optimizer step (or take ``weight``, W_eff computed by
-        another rank), as a leaf that collects the micro-batches' gradients; the transform's own graph
-        is not kept (it is recomputed once in :meth:`finish_step`)."""
-        with torch.no_grad():
-            self.step_weight = (self.effective_weight() if weight is None else weight).requires_grad_(True)
+        another rank) and keep it in ``dtype``, the dtype the forward's matmul runs in (bf16 under
+        autocast), so the step holds no float32 copy of it.
 
-    def finish_step(self) -> None:
-        """Back-propagate the accumulated dL/dW_eff through the transform once, into weight and gamma."""
-        leaf, self.step_weight = self.step_weight, None
-        if leaf is not None and leaf.grad is not None:
-            self.effective_weight().backward(leaf.grad)
+        Each micro-batch's gradient, rounded to ``dtype`` as autocast's would be, is added to a float32
+        sum as soon as it arrives, exactly as a float32 parameter accumulates its ``.grad``.
+        """
+        full = self.effective_weight() if weight is None else weight
+        leaf = full.to(dtype or full.dtype).requires_grad_(True)
+        leaf.register_post_accumulate_grad_hook(self._collect_step_grad)
+        self.step_weight, self.step_grad = leaf, None
+
+    def _collect_step_grad(self, leaf: Tensor) -> None:
+        grad, leaf.grad = leaf.grad, None
+        if self.step_grad is None:
+            self.step_grad = grad.to(compute_dtype(grad.dtype))
+        else:
+            self.step_grad.add_(grad)
+
+    def take_step_grad(self) -> Tensor:
+        """This step's summed dL/dW_eff (zeros if no micro-batch reached the layer), leaving the step."""
+        grad = self.step_grad
+        if grad is None:
+            grad = torch.zeros(
+                self.weight.shape, dtype=compute_dtype(self.weight.dtype), device=self.weight.device
+            )
+        self.step_weight = self.step_grad = None
+        return grad
+
+    def finish_step(self, grad: Tensor | None = None) -> None:
+        """Push the step's dL/dW_eff (or ``grad``, the sum over ranks) through the transform once, in
+        closed form (:func:`effective_weight_vjp`), into the weight's and gamma's ``.grad``."""
+        grad = self.take_step_grad() if grad is None else grad
+        self.step_weight = self.step_grad = None
+        grad_weight, grad_gamma = effective_weight_vjp(
+            self.weight, self.pc_gamma, self.pc_u, self.pc_v, self.degree, grad
+        )
+        _add_grad(self.weight, grad_weight)
+        _add_grad(self.pc_gamma, grad_gamma)
 
     def update_spectral_estimate(self, weight: Tensor | None = None) -> None:
         """Warm-started power iteration on ``weight`` (the whole matrix when ``self.weight`` is sharded)."""
@@ -178,7 +136,7 @@ class PCLinear(nn.Linear):
     @torch.no_grad()
     def sigma(self) -> float:
         w = self.weight.detach()
-        return float(spectral_norm_estimate(w.to(_compute_dtype(w.dtype)), self.pc_u, self.pc_v))
+        return float(spectral_norm_estimate(w.to(compute_dtype(w.dtype)), self.pc_u, self.pc_v))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, degree={self.degree}, power_iters={self.power_iters}"
@@ -200,7 +158,7 @@ def apply_pc(
     Every pattern must match something (a typo would otherwise silently train a plain model). u, v come
     from one generator seeded with `seed` in named_modules order, so all ranks get identical buffers.
     """
-    if _check_degree(degree) == 0:
+    if check_degree(degree) == 0:
         return []
     if pc_modules(model):
         raise ValueError("model already contains PC modules; apply_pc must be called once")
@@ -221,10 +179,10 @@ def apply_pc(
     return names
 
 
-def begin_step(model: nn.Module) -> None:
+def begin_step(model: nn.Module, dtype: torch.dtype | None = None) -> None:
     """Start an optimizer step on the per-step path: every PC layer computes W_eff once."""
     for _, mod in pc_modules(model):
-        mod.begin_step()
+        mod.begin_step(dtype=dtype)
 
 
 def finish_step(model: nn.Module) -> None:
@@ -272,7 +230,7 @@ def merge_state_dict(state_dict: Mapping[str, Tensor], degree: int) -> dict[str,
 
     Uses the training-time effective_weight, so the merged plain Llama reproduces the PC model exactly.
     """
-    _check_degree(degree)
+    check_degree(degree)
     prefixes = {k.rpartition(".")[0] for k in state_dict if k.rpartition(".")[2] in _PC_SUFFIXES}
     merged: dict[str, Tensor] = {}
     for prefix in prefixes:

@@ -6,6 +6,7 @@ import re
 
 import pytest
 import torch
+from pc_reference import F64, rand
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -14,50 +15,13 @@ from pcpretrain.pc import (
     PCLinear,
     apply_pc,
     begin_step,
-    effective_weight,
     finish_step,
     merge_state_dict,
     pc_modules,
     pc_statistics,
-    polynomial_map,
-    power_iteration_,
-    precondition,
-    spectral_norm_estimate,
     update_spectral_estimates,
 )
-
-# Written out again on purpose: the reference must not share the implementation's table.
-REF_COEFFS = {
-    0: (1.0,),
-    1: (1.507, -0.507),
-    2: (2.083, -1.643, 0.560),
-    3: (2.909, -4.649, 4.023, -1.283),
-    4: (3.625, -9.261, 14.097, -10.351, 2.890),
-}
-SHAPES = [(24, 10), (10, 24), (16, 16)]  # tall, wide, square
-F64 = torch.float64
-
-
-def ref_q_scalar(s2: torch.Tensor, degree: int) -> torch.Tensor:
-    return sum(c * s2**i for i, c in enumerate(REF_COEFFS[degree]))
-
-
-def ref_precondition(w: torch.Tensor, degree: int, sigma) -> torch.Tensor:
-    """Explicit matrix powers of the Gram matrix on the smaller side."""
-    x = w / sigma
-    m, n = x.shape
-    g = x.T @ x if m >= n else x @ x.T
-    q = sum(c * torch.linalg.matrix_power(g, i) for i, c in enumerate(REF_COEFFS[degree]))
-    return sigma * (x @ q if m >= n else q @ x)
-
-
-def rand(*shape: int, seed: int = 0, dtype: torch.dtype = F64) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
-def unit(n: int, seed: int) -> torch.Tensor:
-    v = rand(n, seed=seed)
-    return v / v.norm()
+from pcpretrain.pc_math import effective_weight, polynomial_map, precondition
 
 
 def tiny_llama(intermediate_size: int = 128) -> LlamaForCausalLM:
@@ -79,145 +43,6 @@ def expected_pc_names(n_layers: int = 2) -> list[str]:
         names += [f"model.layers.{i}.self_attn.o_proj"]
         names += [f"model.layers.{i}.mlp.{p}" for p in ("gate_proj", "up_proj", "down_proj")]
     return names
-
-
-# ----------------------------------------------------------------------------- pure math
-
-
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("degree", [0, 1, 2, 3, 4])
-def test_precondition_matches_reference(shape, degree):
-    w = rand(*shape, seed=1)
-    sigma = torch.linalg.matrix_norm(w, ord=2) * 1.1
-    torch.testing.assert_close(
-        precondition(w, degree, sigma), ref_precondition(w, degree, sigma), rtol=1e-12, atol=1e-12
-    )
-    torch.testing.assert_close(
-        precondition(w, degree, 0.7), ref_precondition(w, degree, 0.7), rtol=1e-12, atol=1e-12
-    )
-    assert polynomial_map(w, degree).shape == w.shape
-
-
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("degree", [1, 2, 3, 4])
-@pytest.mark.parametrize("scale", [1.0, 1.3])
-def test_singular_value_map(shape, degree, scale):
-    w = rand(*shape, seed=2)
-    sigma = float(torch.linalg.matrix_norm(w, ord=2)) * scale
-    s = torch.linalg.svdvals(w / sigma)
-    expected = (sigma * s * ref_q_scalar(s**2, degree)).abs().sort().values
-    got = torch.linalg.svdvals(precondition(w, degree, sigma)).sort().values
-    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
-
-
-def test_polynomial_flattens_spectrum():
-    w = rand(32, 16, seed=3)
-    s = torch.linalg.svdvals(precondition(w, 4, torch.linalg.matrix_norm(w, ord=2)))
-    s0 = torch.linalg.svdvals(w)
-    assert s.max() / s.min() < s0.max() / s0.min()
-
-
-def test_power_iteration_converges_to_spectral_norm():
-    q1, _ = torch.linalg.qr(rand(40, 40, seed=4))
-    q2, _ = torch.linalg.qr(rand(24, 24, seed=5))
-    s = torch.linspace(0.1, 3.0, 24, dtype=F64).flip(0)
-    s[0] = 5.0
-    w = q1[:, :24] @ torch.diag(s) @ q2.T
-    u, v = unit(40, 6), unit(24, 7)
-    power_iteration_(w, u, v, iters=60)
-    torch.testing.assert_close(
-        spectral_norm_estimate(w, u, v) - 1e-7, torch.tensor(5.0, dtype=F64), rtol=1e-10, atol=0
-    )
-    # Plain Gaussian matrix (small spectral gap), both orientations; warm start keeps it converged.
-    for shape in [(48, 32), (32, 48)]:
-        w = rand(*shape, seed=8)
-        u, v = unit(shape[0], 9), unit(shape[1], 10)
-        power_iteration_(w, u, v, iters=400)
-        est = spectral_norm_estimate(w, u, v)
-        torch.testing.assert_close(est, torch.linalg.matrix_norm(w, ord=2), rtol=1e-6, atol=0)
-        power_iteration_(w, u, v, iters=1)
-        torch.testing.assert_close(spectral_norm_estimate(w, u, v), est, rtol=1e-8, atol=0)
-        torch.testing.assert_close(u.norm(), torch.tensor(1.0, dtype=F64))
-
-
-def test_power_iteration_keeps_buffer_dtype_and_computes_in_float32():
-    w = rand(20, 12, seed=11, dtype=torch.float32).bfloat16()
-    u, v = unit(20, 1).float(), unit(12, 2).float()
-    u_ref, v_ref = u.clone(), v.clone()
-    power_iteration_(w, u, v, iters=5)
-    power_iteration_(w.float(), u_ref, v_ref, iters=5)
-    assert u.dtype == torch.float32 and v.dtype == torch.float32
-    assert torch.equal(u, u_ref) and torch.equal(v, v_ref)
-
-
-# ----------------------------------------------------------------------------- gradients
-
-
-def _freeze_outer_sigma(out: torch.Tensor, w: torch.Tensor, u, v, sigma0: float) -> torch.Tensor:
-    """Rescale so finite differences see the outer stop-gradient sigma as the constant sigma0.
-
-    The factor is 1 at the check point and carries no gradient, so autograd's answer is unchanged,
-    while the numerical Jacobian becomes that of gamma * sigma0 * P(W / sigma(W)).
-    """
-    return out * (sigma0 / spectral_norm_estimate(w.detach(), u, v))
-
-
-def test_gradcheck_effective_weight_and_layer():
-    w = rand(12, 7, seed=12).requires_grad_()
-    gamma = torch.tensor([0.9], dtype=F64, requires_grad=True)
-    u, v = unit(12, 13), unit(7, 14)
-    power_iteration_(w, u, v, iters=20)
-    s0 = float(spectral_norm_estimate(w.detach(), u, v))
-    for degree in (1, 4):
-
-        def fn(w_, g_, d=degree):
-            return _freeze_outer_sigma(effective_weight(w_, g_, u, v, d), w_, u, v, s0)
-
-        assert torch.autograd.gradcheck(fn, (w, gamma))
-    gen = torch.Generator().manual_seed(0)
-    tall = PCLinear.from_linear(nn.Linear(7, 12, bias=False, dtype=F64), 3, 10, gen)
-    wide = PCLinear.from_linear(nn.Linear(12, 7, bias=False, dtype=F64), 2, 10, gen)
-    for mod in (tall, wide):
-        mod.update_spectral_estimate()
-        s0 = mod.sigma()
-        x = rand(5, mod.in_features, seed=15).requires_grad_()
-
-        def fn(w_, g_, x_, mod=mod, s0=s0):
-            y = torch.func.functional_call(mod, {"weight": w_, "pc_gamma": g_}, (x_,))
-            return _freeze_outer_sigma(y, w_, mod.pc_u, mod.pc_v, s0)
-
-        wp = mod.weight.detach().clone().requires_grad_()
-        gp = torch.tensor([1.1], dtype=F64, requires_grad=True)
-        assert torch.autograd.gradcheck(fn, (wp, gp, x))
-
-
-def test_sigma_stop_gradient_only_in_outer_factor():
-    w0 = rand(18, 10, seed=17)
-    u, v = unit(18, 18), unit(10, 19)
-    power_iteration_(w0, u, v, iters=30)
-    r = rand(18, 10, seed=20)
-    degree = 4
-
-    def grads(variant: str):
-        w = w0.clone().requires_grad_()
-        g = torch.tensor([1.2], dtype=F64, requires_grad=True)
-        if variant == "impl":
-            out = effective_weight(w, g, u, v, degree)
-        else:
-            sigma = u @ w @ v + 1e-7
-            inner = sigma.detach() if variant == "all_detached" else sigma
-            outer = sigma if variant == "none_detached" else sigma.detach()
-            out = g * outer * ref_precondition(w, degree, inner) / inner
-        (out * r).sum().backward()
-        return w.grad, g.grad
-
-    gw, gg = grads("impl")
-    rw, rg = grads("ref")
-    torch.testing.assert_close(gw, rw, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(gg, rg, rtol=1e-10, atol=1e-12)
-    # The check is sensitive: detaching everywhere or nowhere gives a different gradient.
-    assert not torch.allclose(gw, grads("all_detached")[0], rtol=1e-4)
-    assert not torch.allclose(gw, grads("none_detached")[0], rtol=1e-4)
 
 
 # ----------------------------------------------------------------------------- precision
@@ -404,8 +229,41 @@ def test_per_step_transform_is_computed_once_and_shared_by_micro_batches(monkeyp
     for seed in range(4):
         tokens = torch.randint(0, 128, (2, 8), generator=torch.Generator().manual_seed(seed))
         model(input_ids=tokens, labels=tokens).loss.backward()
-    leaves = [mod.step_weight for _, mod in pc_modules(model)]
-    assert all(leaf is not None and leaf.grad is not None for leaf in leaves)
-    assert len(leaves) == len(calls)
+    modules = [mod for _, mod in pc_modules(model)]
+    assert all(mod.step_weight is not None and mod.step_grad is not None for mod in modules)
+    assert len(modules) == len(calls)
     finish_step(model)
-    assert len(calls) == 2 * len(pc_modules(model))  # once to begin, once to back-propagate
+    assert len(calls) == len(modules)  # the closed-form backward does not recompute W_eff
+    assert all(mod.step_weight is None and mod.step_grad is None for mod in modules)
+    assert all(mod.weight.grad is not None and mod.pc_gamma.grad is not None for mod in modules)
+
+
+def test_per_step_weight_in_autocast_dtype_gives_the_per_forward_gradients() -> None:
+    """Under bf16 autocast the step keeps W_eff only in bf16 and sums the gradients in float32."""
+    model = tiny_llama().train()
+    apply_pc(model, 4)
+    micro_batches = [
+        torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(i)) for i in range(3)
+    ]
+
+    def grads(per_step: bool) -> dict[str, torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        if per_step:
+            begin_step(model, torch.bfloat16)
+        for tokens in micro_batches:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = model(input_ids=tokens, labels=tokens).loss / len(micro_batches)
+            loss.backward()
+            if per_step:
+                mod = pc_modules(model)[0][1]
+                assert mod.step_weight.dtype == torch.bfloat16 and mod.step_weight.grad is None
+                assert mod.step_grad.dtype == torch.float32
+        if per_step:
+            finish_step(model)
+        return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    per_forward, per_step = grads(False), grads(True)
+    for name, grad in per_forward.items():
+        assert per_step[name].dtype == torch.float32
+        rel = float((per_step[name] - grad).norm() / grad.norm())
+        assert rel < 1e-4, (name, rel)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
+from accelerate import Accelerator
 from torch import nn
 
 from pcpretrain import pc
@@ -25,6 +26,8 @@ from pcpretrain.train.sharding import is_distributed
 
 if TYPE_CHECKING:
     from pcpretrain.train.trainer import Trainer
+
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def ddp_ignored_names(model: nn.Module) -> list[str]:
@@ -37,22 +40,28 @@ def _wait(handles: list) -> None:
         handle.wait()
 
 
+def forward_dtype(accelerator: Accelerator) -> torch.dtype | None:
+    """The dtype autocast runs the linear layers in, or None without autocast."""
+    return _AUTOCAST_DTYPES.get(str(accelerator.mixed_precision))
+
+
 class PCStepTransform(Callback):
     """Begins the per-step PC transform before the first micro-batch and finishes it after the last."""
 
     def on_step_start(self, trainer: Trainer) -> None:
         model = trainer.accelerator.unwrap_model(trainer.model)
+        dtype = forward_dtype(trainer.accelerator)
         if not is_distributed():
-            pc.begin_step(model)
+            pc.begin_step(model, dtype)
             return
         rank, world = dist.get_rank(), dist.get_world_size()
         handles, received = [], []
         for index, (_, mod) in enumerate(pc.pc_modules(model)):
             if index % world == rank:
-                mod.begin_step()
+                mod.begin_step(dtype=dtype)
                 weight = mod.step_weight.detach()
             else:
-                weight = torch.empty_like(mod.weight)
+                weight = torch.empty_like(mod.weight, dtype=dtype)
                 received.append((mod, weight))
             handles.append(dist.broadcast(weight, src=index % world, async_op=True))
         _wait(handles)
@@ -66,23 +75,15 @@ class PCStepTransform(Callback):
             return
         rank, world = dist.get_rank(), dist.get_world_size()
         modules = [mod for _, mod in pc.pc_modules(model)]
-        grads = [_leaf_grad(mod) for mod in modules]
+        grads = [mod.take_step_grad() for mod in modules]
         _wait([dist.reduce(g, dst=i % world, async_op=True) for i, g in enumerate(grads)])
         handles = []
         for index, (mod, grad) in enumerate(zip(modules, grads, strict=True)):
             owner = index % world
             if owner == rank:
-                mod.step_weight.grad = grad.div_(world)
-                mod.finish_step()
+                mod.finish_step(grad.div_(world))
             else:
-                mod.step_weight = None
                 mod.weight.grad = torch.empty_like(mod.weight)
                 mod.pc_gamma.grad = torch.empty_like(mod.pc_gamma)
             handles += [dist.broadcast(p.grad, src=owner, async_op=True) for p in (mod.weight, mod.pc_gamma)]
         _wait(handles)
-
-
-def _leaf_grad(mod: pc.PCLinear) -> torch.Tensor:
-    """This rank's dL/dW_eff (zeros if its micro-batches never reached the layer)."""
-    leaf = mod.step_weight
-    return leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)

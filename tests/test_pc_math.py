@@ -1,0 +1,206 @@
+"""Tests of the PC transform's functions against independent float64 references."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pc_reference import F64, SHAPES, rand, ref_precondition, ref_q_scalar, unit
+from torch import nn
+
+from pcpretrain.pc import PCLinear
+from pcpretrain.pc_math import (
+    effective_weight,
+    effective_weight_vjp,
+    polynomial_map,
+    polynomial_map_vjp,
+    power_iteration_,
+    precondition,
+    spectral_norm_estimate,
+)
+
+# ----------------------------------------------------------------------------- pure math
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("degree", [0, 1, 2, 3, 4])
+def test_precondition_matches_reference(shape, degree):
+    w = rand(*shape, seed=1)
+    sigma = torch.linalg.matrix_norm(w, ord=2) * 1.1
+    torch.testing.assert_close(
+        precondition(w, degree, sigma), ref_precondition(w, degree, sigma), rtol=1e-12, atol=1e-12
+    )
+    torch.testing.assert_close(
+        precondition(w, degree, 0.7), ref_precondition(w, degree, 0.7), rtol=1e-12, atol=1e-12
+    )
+    assert polynomial_map(w, degree).shape == w.shape
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("degree", [1, 2, 3, 4])
+@pytest.mark.parametrize("scale", [1.0, 1.3])
+def test_singular_value_map(shape, degree, scale):
+    w = rand(*shape, seed=2)
+    sigma = float(torch.linalg.matrix_norm(w, ord=2)) * scale
+    s = torch.linalg.svdvals(w / sigma)
+    expected = (sigma * s * ref_q_scalar(s**2, degree)).abs().sort().values
+    got = torch.linalg.svdvals(precondition(w, degree, sigma)).sort().values
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_polynomial_flattens_spectrum():
+    w = rand(32, 16, seed=3)
+    s = torch.linalg.svdvals(precondition(w, 4, torch.linalg.matrix_norm(w, ord=2)))
+    s0 = torch.linalg.svdvals(w)
+    assert s.max() / s.min() < s0.max() / s0.min()
+
+
+def test_power_iteration_converges_to_spectral_norm():
+    q1, _ = torch.linalg.qr(rand(40, 40, seed=4))
+    q2, _ = torch.linalg.qr(rand(24, 24, seed=5))
+    s = torch.linspace(0.1, 3.0, 24, dtype=F64).flip(0)
+    s[0] = 5.0
+    w = q1[:, :24] @ torch.diag(s) @ q2.T
+    u, v = unit(40, 6), unit(24, 7)
+    power_iteration_(w, u, v, iters=60)
+    torch.testing.assert_close(
+        spectral_norm_estimate(w, u, v) - 1e-7, torch.tensor(5.0, dtype=F64), rtol=1e-10, atol=0
+    )
+    # Plain Gaussian matrix (small spectral gap), both orientations; warm start keeps it converged.
+    for shape in [(48, 32), (32, 48)]:
+        w = rand(*shape, seed=8)
+        u, v = unit(shape[0], 9), unit(shape[1], 10)
+        power_iteration_(w, u, v, iters=400)
+        est = spectral_norm_estimate(w, u, v)
+        torch.testing.assert_close(est, torch.linalg.matrix_norm(w, ord=2), rtol=1e-6, atol=0)
+        power_iteration_(w, u, v, iters=1)
+        torch.testing.assert_close(spectral_norm_estimate(w, u, v), est, rtol=1e-8, atol=0)
+        torch.testing.assert_close(u.norm(), torch.tensor(1.0, dtype=F64))
+
+
+def test_power_iteration_keeps_buffer_dtype_and_computes_in_float32():
+    w = rand(20, 12, seed=11, dtype=torch.float32).bfloat16()
+    u, v = unit(20, 1).float(), unit(12, 2).float()
+    u_ref, v_ref = u.clone(), v.clone()
+    power_iteration_(w, u, v, iters=5)
+    power_iteration_(w.float(), u_ref, v_ref, iters=5)
+    assert u.dtype == torch.float32 and v.dtype == torch.float32
+    assert torch.equal(u, u_ref) and torch.equal(v, v_ref)
+
+
+# ----------------------------------------------------------------------------- gradients
+
+
+def _freeze_outer_sigma(out: torch.Tensor, w: torch.Tensor, u, v, sigma0: float) -> torch.Tensor:
+    """Rescale so finite differences see the outer stop-gradient sigma as the constant sigma0.
+
+    The factor is 1 at the check point and carries no gradient, so autograd's answer is unchanged,
+    while the numerical Jacobian becomes that of gamma * sigma0 * P(W / sigma(W)).
+    """
+    return out * (sigma0 / spectral_norm_estimate(w.detach(), u, v))
+
+
+def test_gradcheck_effective_weight_and_layer():
+    w = rand(12, 7, seed=12).requires_grad_()
+    gamma = torch.tensor([0.9], dtype=F64, requires_grad=True)
+    u, v = unit(12, 13), unit(7, 14)
+    power_iteration_(w, u, v, iters=20)
+    s0 = float(spectral_norm_estimate(w.detach(), u, v))
+    for degree in (1, 4):
+
+        def fn(w_, g_, d=degree):
+            return _freeze_outer_sigma(effective_weight(w_, g_, u, v, d), w_, u, v, s0)
+
+        assert torch.autograd.gradcheck(fn, (w, gamma))
+    gen = torch.Generator().manual_seed(0)
+    tall = PCLinear.from_linear(nn.Linear(7, 12, bias=False, dtype=F64), 3, 10, gen)
+    wide = PCLinear.from_linear(nn.Linear(12, 7, bias=False, dtype=F64), 2, 10, gen)
+    for mod in (tall, wide):
+        mod.update_spectral_estimate()
+        s0 = mod.sigma()
+        x = rand(5, mod.in_features, seed=15).requires_grad_()
+
+        def fn(w_, g_, x_, mod=mod, s0=s0):
+            y = torch.func.functional_call(mod, {"weight": w_, "pc_gamma": g_}, (x_,))
+            return _freeze_outer_sigma(y, w_, mod.pc_u, mod.pc_v, s0)
+
+        wp = mod.weight.detach().clone().requires_grad_()
+        gp = torch.tensor([1.1], dtype=F64, requires_grad=True)
+        assert torch.autograd.gradcheck(fn, (wp, gp, x))
+
+
+def test_sigma_stop_gradient_only_in_outer_factor():
+    w0 = rand(18, 10, seed=17)
+    u, v = unit(18, 18), unit(10, 19)
+    power_iteration_(w0, u, v, iters=30)
+    r = rand(18, 10, seed=20)
+    degree = 4
+
+    def grads(variant: str):
+        w = w0.clone().requires_grad_()
+        g = torch.tensor([1.2], dtype=F64, requires_grad=True)
+        if variant == "impl":
+            out = effective_weight(w, g, u, v, degree)
+        else:
+            sigma = u @ w @ v + 1e-7
+            inner = sigma.detach() if variant == "all_detached" else sigma
+            outer = sigma if variant == "none_detached" else sigma.detach()
+            out = g * outer * ref_precondition(w, degree, inner) / inner
+        (out * r).sum().backward()
+        return w.grad, g.grad
+
+    gw, gg = grads("impl")
+    rw, rg = grads("ref")
+    torch.testing.assert_close(gw, rw, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(gg, rg, rtol=1e-10, atol=1e-12)
+    # The check is sensitive: detaching everywhere or nowhere gives a different gradient.
+    assert not torch.allclose(gw, grads("all_detached")[0], rtol=1e-4)
+    assert not torch.allclose(gw, grads("none_detached")[0], rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------- closed-form gradient
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("degree", [0, 1, 2, 3, 4])
+def test_polynomial_map_vjp_matches_autograd(shape, degree):
+    x = (rand(*shape, seed=21) / 4).requires_grad_()
+    grad = rand(*shape, seed=22)
+    out = polynomial_map(x, degree)
+    (expected,) = torch.autograd.grad(out, x, grad)
+    dx, inner = polynomial_map_vjp(x.detach(), grad, degree)
+    torch.testing.assert_close(dx, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(inner, (grad * out).sum().detach(), rtol=1e-12, atol=1e-12)
+
+
+def _weight_gamma_u_v(shape: tuple[int, int], dtype: torch.dtype = F64):
+    w = rand(*shape, seed=23)
+    u, v = unit(shape[0], 24), unit(shape[1], 25)
+    power_iteration_(w, u, v, iters=30)
+    return w.to(dtype), torch.tensor([0.8], dtype=dtype), u.to(dtype), v.to(dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("degree", [1, 2, 3, 4])
+def test_effective_weight_vjp_matches_autograd(shape, degree):
+    w, gamma, u, v = _weight_gamma_u_v(shape)
+    grad = rand(*shape, seed=26)
+    w_, gamma_ = w.clone().requires_grad_(), gamma.clone().requires_grad_()
+    expected = torch.autograd.grad(effective_weight(w_, gamma_, u, v, degree), (w_, gamma_), grad)
+    got = effective_weight_vjp(w, gamma, u, v, degree, grad)
+    for g, e in zip(got, expected, strict=True):
+        assert g.shape == e.shape and g.dtype == e.dtype
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
+
+
+def test_effective_weight_vjp_in_float32_is_float32_accurate():
+    """The closed form in float32 (how training runs it) against the float64 one."""
+    shape = (96, 40)
+    w, gamma, u, v = _weight_gamma_u_v(shape)
+    grad = rand(*shape, seed=27)
+    ref_w, ref_gamma = effective_weight_vjp(w, gamma, u, v, 4, grad)
+    got_w, got_gamma = effective_weight_vjp(w.float(), gamma.float(), u.float(), v.float(), 4, grad.float())
+    assert got_w.dtype == torch.float32
+    assert float((got_w.double() - ref_w).norm() / ref_w.norm()) < 1e-5
+    torch.testing.assert_close(got_gamma.double(), ref_gamma, rtol=1e-5, atol=0)
+    bf16_w, bf16_gamma = effective_weight_vjp(w.bfloat16(), gamma.bfloat16(), u.float(), v.float(), 4, grad)
+    assert bf16_w.dtype == torch.bfloat16 and bf16_gamma.dtype == torch.bfloat16
