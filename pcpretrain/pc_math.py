@@ -89,19 +89,19 @@ def polynomial_map_vjp(x: Tensor, grad: Tensor, degree: int) -> tuple[Tensor, Te
     if coeffs is None:
         return grad, (grad * x).sum()
     tall = _tall(x)
-    if not tall:
-        x, grad = x.mT, grad.mT
-    gram = x.mT @ x
+    xt, gt = (x, grad) if tall else (x.mT, grad.mT)
+    gram = xt.mT @ xt
     terms = _horner_terms(gram, coeffs, keep_all=True)
-    a = x.mT @ grad
+    a = xt.mT @ gt
     inner = (a * terms[0]).sum()
     b = torch.zeros_like(a)
     for h_next in terms[1:]:
         b += a @ h_next
         a = gram @ a
     b += coeffs[-1] * a
-    dx = torch.addmm(grad @ terms[0], x, b + b.mT)
-    return (dx if tall else dx.mT), inner
+    sym = b + b.mT
+    # Both q(G) and B + B^T are symmetric, so the wide case's transpose is formed directly (contiguous).
+    return (torch.addmm(grad @ terms[0], x, sym) if tall else torch.addmm(terms[0] @ grad, sym, x)), inner
 
 
 def precondition(weight: Tensor, degree: int, sigma: Tensor | float) -> Tensor:

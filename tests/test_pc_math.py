@@ -204,3 +204,11 @@ def test_effective_weight_vjp_in_float32_is_float32_accurate():
     torch.testing.assert_close(got_gamma.double(), ref_gamma, rtol=1e-5, atol=0)
     bf16_w, bf16_gamma = effective_weight_vjp(w.bfloat16(), gamma.bfloat16(), u.float(), v.float(), 4, grad)
     assert bf16_w.dtype == torch.bfloat16 and bf16_gamma.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_closed_form_gradients_are_contiguous(shape):
+    """Collectives send the raw buffer: a transposed-strided gradient would arrive scrambled."""
+    w, gamma, u, v = _weight_gamma_u_v(shape)
+    grad_weight, grad_gamma = effective_weight_vjp(w, gamma, u, v, 2, rand(*shape, seed=28))
+    assert grad_weight.is_contiguous() and grad_gamma.is_contiguous()
