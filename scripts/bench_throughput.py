@@ -21,15 +21,14 @@ from typing import Any
 import torch
 from hydra import compose, initialize_config_dir
 
-from pcpretrain import pc
 from pcpretrain.config import TrainConfig, register_configs, to_train_config
-from pcpretrain.model import build_model, flops_per_token, peak_flops
+from pcpretrain.model import flops_per_token, peak_flops
 from pcpretrain.optim import build_optimizer, build_scheduler
 from pcpretrain.train.callbacks.base import Callback
 from pcpretrain.train.callbacks.pc_step import PCStepTransform
 from pcpretrain.train.callbacks.spectral import SpectralNormUpdate
 from pcpretrain.train.engine import build_accelerator
-from pcpretrain.train.run import uses_per_step_pc
+from pcpretrain.train.run import build_training_model, uses_per_step_pc
 from pcpretrain.train.state import TrainState
 from pcpretrain.train.trainer import Trainer
 
@@ -106,8 +105,7 @@ def run_variant(name: str, cfg: TrainConfig, micro_batches: int, warmup: int, st
     device = accelerator.device
     vocab = cfg.model.vocab_size or 32000
     torch.manual_seed(0)
-    model = build_model(cfg.model, vocab)
-    pc.apply_pc(model, cfg.pc.degree, cfg.pc.targets, cfg.pc.power_iters)
+    model, _ = build_training_model(cfg, vocab)
     model.to(device)
     optimizer = build_optimizer(model, cfg.optimizer)
     scheduler = build_scheduler(optimizer, cfg.scheduler, warmup + steps)

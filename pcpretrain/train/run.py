@@ -10,6 +10,7 @@ from pathlib import Path
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from omegaconf import OmegaConf
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pcpretrain import pc
@@ -77,6 +78,18 @@ class RunSummary:
         return "\n".join(lines)
 
 
+def build_training_model(
+    cfg: TrainConfig, vocab_size: int, bos_id: int | None = 1, eos_id: int | None = 2
+) -> tuple[nn.Module, list[str]]:
+    """The model as training runs it, and the names of its PC layers: a freshly initialised Llama with
+    PC layers swapped in and, if asked, each decoder layer's activations recomputed in the backward."""
+    model = build_model(cfg.model, vocab_size, bos_id, eos_id)
+    converted = pc.apply_pc(model, cfg.pc.degree, cfg.pc.targets, cfg.pc.power_iters, seed=cfg.seed)
+    if cfg.trainer.activation_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    return model, converted
+
+
 def run_training(cfg: TrainConfig, run_dir: Path) -> RunSummary:
     """Train (or resume) the run described by ``cfg`` in ``run_dir``."""
     validate(cfg, launched_world_size())
@@ -92,8 +105,7 @@ def run_training(cfg: TrainConfig, run_dir: Path) -> RunSummary:
         check_compatible(resume_from, cfg, data)
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    model = build_model(cfg.model, vocab_size, data.tokenizer.bos_id, data.tokenizer.eos_id)
-    converted = pc.apply_pc(model, cfg.pc.degree, cfg.pc.targets, cfg.pc.power_iters, seed=cfg.seed)
+    model, converted = build_training_model(cfg, vocab_size, data.tokenizer.bos_id, data.tokenizer.eos_id)
     per_step_pc = uses_per_step_pc(cfg)
     log.info(
         "PC degree %d on %d matrices, transform computed once per %s",

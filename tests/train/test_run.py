@@ -6,13 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import tiny_config
 
 from pcpretrain.config import ConfigError
 from pcpretrain.train import checkpoint as ckpt
 from pcpretrain.train import trainer as trainer_module
 from pcpretrain.train.errors import CheckpointError, NonFiniteLossError
-from pcpretrain.train.run import run_training
+from pcpretrain.train.run import build_training_model, run_training
 
 
 def losses(run_dir: Path) -> dict[int, float]:
@@ -53,9 +54,9 @@ def test_non_finite_loss_stops_without_touching_the_last_good_checkpoint(
     real_loss = trainer_module.causal_lm_loss
     calls = {"n": 0}
 
-    def loss_that_explodes_at_step_3(model, windows):
+    def loss_that_explodes_at_step_3(model, windows, **kwargs):
         calls["n"] += 1
-        loss = real_loss(model, windows)
+        loss = real_loss(model, windows, **kwargs)
         return loss * float("nan") if calls["n"] > 4 else loss  # 2 micro-batches per step
 
     monkeypatch.setattr(trainer_module, "causal_lm_loss", loss_that_explodes_at_step_3)
@@ -118,6 +119,22 @@ def test_bf16_autocast_runs_close_to_fp32(straight_run: Path, tmp_path: Path) ->
     bf16, fp32 = losses(tmp_path), losses(straight_run)
     assert bf16 != fp32
     assert all(abs(bf16[step] - fp32[step]) < 0.05 for step in fp32)
+
+
+def test_activation_checkpointing_recomputes_each_layer_and_trains_identically(
+    straight_run: Path, tmp_path: Path
+) -> None:
+    run_training(
+        tiny_config(tmp_path, "trainer.max_steps=6", "trainer.activation_checkpointing=true"), tmp_path
+    )
+    assert losses(tmp_path) == pytest.approx(losses(straight_run), rel=1e-6)
+    forwards = []
+    cfg = tiny_config(tmp_path, "trainer.activation_checkpointing=true")
+    model, _ = build_training_model(cfg, vocab_size=512)
+    model.train().model.layers[0].self_attn.register_forward_hook(lambda *_: forwards.append(1))
+    tokens = torch.randint(0, 512, (2, 9))
+    model(input_ids=tokens, labels=tokens).loss.backward()
+    assert len(forwards) == 2  # the forward, and its recomputation in the backward
 
 
 def test_resume_from_an_explicit_older_checkpoint_replays_the_same_steps(
