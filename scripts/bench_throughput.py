@@ -111,7 +111,7 @@ def run_variant(name: str, cfg: TrainConfig, micro_batches: int, warmup: int, st
     scheduler = build_scheduler(optimizer, cfg.scheduler, warmup + steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     timer = StepTimer(device)
-    callbacks = [PCStepTransform()] if uses_per_step_pc(cfg) else []
+    callbacks = [PCStepTransform(cfg.pc.tf32)] if uses_per_step_pc(cfg) else []
     trainer = Trainer(
         accelerator=accelerator,
         model=model,

@@ -157,7 +157,7 @@ def run_training(cfg: TrainConfig, run_dir: Path) -> RunSummary:
     log_every = cfg.trainer.log_every
     preemption = Preemption(StopSignals(cfg.distributed.stop_signals))
     callbacks = [
-        *([PCStepTransform()] if per_step_pc else []),
+        *([PCStepTransform(cfg.pc.tf32)] if per_step_pc else []),
         preemption,
         speed,
         SpectralNormUpdate(log_every),

@@ -21,6 +21,7 @@ from accelerate import Accelerator
 from torch import nn
 
 from pcpretrain import pc
+from pcpretrain.pc_math import cuda_tf32
 from pcpretrain.train.callbacks.base import Callback
 from pcpretrain.train.sharding import is_distributed
 
@@ -46,9 +47,23 @@ def forward_dtype(accelerator: Accelerator) -> torch.dtype | None:
 
 
 class PCStepTransform(Callback):
-    """Begins the per-step PC transform before the first micro-batch and finishes it after the last."""
+    """Begins the per-step PC transform before the first micro-batch and finishes it after the last.
+
+    ``tf32``: whether the transform's float32 matmuls may use TF32 on CUDA (``pc.tf32``).
+    """
+
+    def __init__(self, tf32: bool = True) -> None:
+        self.tf32 = tf32
 
     def on_step_start(self, trainer: Trainer) -> None:
+        with cuda_tf32(self.tf32):
+            self._begin(trainer)
+
+    def pre_optim_step(self, trainer: Trainer) -> None:
+        with cuda_tf32(self.tf32):
+            self._finish(trainer)
+
+    def _begin(self, trainer: Trainer) -> None:
         model = trainer.accelerator.unwrap_model(trainer.model)
         dtype = forward_dtype(trainer.accelerator)
         if not is_distributed():
@@ -68,7 +83,7 @@ class PCStepTransform(Callback):
         for mod, weight in received:
             mod.begin_step(weight)
 
-    def pre_optim_step(self, trainer: Trainer) -> None:
+    def _finish(self, trainer: Trainer) -> None:
         model = trainer.accelerator.unwrap_model(trainer.model)
         if not is_distributed():
             pc.finish_step(model)

@@ -48,3 +48,30 @@ def test_ddp_leaves_the_pc_weights_to_the_per_step_backward() -> None:
     )
     assert "model.layers.0.self_attn.q_proj.weight" not in names
     assert set(names) <= dict(model.named_parameters()).keys()
+
+
+@pytest.mark.parametrize("tf32", [True, False])
+def test_the_transform_runs_with_the_configured_tf32_setting_and_restores_it(monkeypatch, tf32: bool) -> None:
+    from types import SimpleNamespace
+
+    import torch
+
+    from pcpretrain import pc
+    from pcpretrain.train.callbacks.pc_step import PCStepTransform
+
+    seen = []
+    record = lambda *_: seen.append(torch.backends.cuda.matmul.allow_tf32)  # noqa: E731
+    monkeypatch.setattr(pc, "begin_step", record)
+    monkeypatch.setattr(pc, "finish_step", record)
+    accelerator = SimpleNamespace(unwrap_model=lambda model: model, mixed_precision="no")
+    trainer = SimpleNamespace(accelerator=accelerator, model=torch.nn.Linear(2, 2))
+    callback = PCStepTransform(tf32=tf32)
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = not tf32
+    try:
+        callback.on_step_start(trainer)
+        callback.pre_optim_step(trainer)
+        assert torch.backends.cuda.matmul.allow_tf32 is (not tf32)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+    assert seen == [tf32, tf32]
