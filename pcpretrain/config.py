@@ -75,8 +75,8 @@ class PCConfig:
     # step: W_eff computed once per optimizer step and back-propagated once (fast, default);
     # forward: recomputed in every micro-batch forward (the reference code's way, for comparison).
     transform_every: str = "step"
-    # Let the per-step transform's float32 matmuls use TF32 on CUDA (several times faster, ~1e-3 relative error
-    # in W_eff, below the bf16 rounding of W_eff in the forward); false: exact float32.
+    # Let the per-step transform's float32 matmuls use TF32 on CUDA: several times faster, ~1e-3 relative
+    # error in W_eff, below the bf16 rounding of W_eff in the forward; false: exact float32.
     tf32: bool = True
 
 

@@ -1,14 +1,21 @@
-"""Build a plain ``transformers.LlamaForCausalLM`` from the model config, and count its FLOPs.
+"""Build the Llama we train from the model config, and count its FLOPs.
 
-The model stays a stock Llama; PC layers are applied from outside by :mod:`pcpretrain.pc`.
+The model is a ``transformers.LlamaForCausalLM`` with plain Llama parameter names and weights; its only
+addition is a training forward that returns the loss without materialising all logits. PC layers are
+applied from outside by :mod:`pcpretrain.pc`.
 """
 
 from __future__ import annotations
 
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from typing import Any
 
-from pcpretrain.config import ModelConfig
+import torch
+from torch import Tensor, nn
+from transformers import LlamaConfig, LlamaForCausalLM
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from pcpretrain.config import ModelConfig, TrainerConfig
+from pcpretrain.fused_cross_entropy import linear_cross_entropy
 
 
 def llama_config(
@@ -33,13 +40,83 @@ def llama_config(
     )
 
 
+class ChunkedLossHead(nn.Linear):
+    """The output projection; given targets, it returns the mean cross-entropy computed chunk by chunk.
+
+    The loss is computed inside this module's own forward, the one that owns the weight, so engines that
+    gather parameters around a module's forward and backward (DeepSpeed ZeRO-3, FSDP2) treat it exactly
+    as they treat the plain projection, and no external-parameter registration is needed.
+    """
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> ChunkedLossHead:
+        """Adopt ``linear``'s very parameters (already initialised; no RNG use, same state-dict names)."""
+        if linear.bias is not None:
+            raise ValueError("the chunked loss head has no bias; the Llama output projection has none")
+        head = cls.__new__(cls)
+        nn.Module.__init__(head)
+        head.out_features, head.in_features = linear.weight.shape
+        head.weight = linear.weight
+        head.register_parameter("bias", None)
+        return head
+
+    def forward(self, hidden: Tensor, targets: Tensor | None = None, chunk_tokens: int = 0) -> Tensor:
+        """Logits of ``hidden``; or, with ``targets`` (``hidden``'s shape without its last dimension),
+        the token-mean cross-entropy, ``chunk_tokens`` rows of logits at a time."""
+        if targets is None:
+            return super().forward(hidden)
+        return linear_cross_entropy(
+            hidden.reshape(-1, hidden.shape[-1]), self.weight, targets.reshape(-1), chunk_tokens
+        )
+
+
+class PretrainingLlama(LlamaForCausalLM):
+    """``LlamaForCausalLM`` whose forward, given ``targets``, returns only the loss, computed in chunks.
+
+    Without ``targets`` it is the parent's forward unchanged, so evaluation and generation code sees a
+    stock Llama. The loss runs inside the model's forward so DDP, FSDP2 and DeepSpeed see an ordinary one.
+    """
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__(config)
+        self.lm_head = ChunkedLossHead.from_linear(self.lm_head)
+
+    def forward(
+        self,
+        *args: Any,
+        targets: Tensor | None = None,
+        loss_chunk_tokens: int = TrainerConfig.loss_chunk_tokens,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast:
+        """With ``targets`` (next-token ids, shaped like ``input_ids``): the mean cross-entropy as ``loss``,
+        ``logits`` None. ``labels`` are the parent's (shifted, full-logits) loss and cannot be combined."""
+        if targets is None:
+            return super().forward(*args, **kwargs)
+        if kwargs.pop("labels", None) is not None:
+            raise ValueError("pass targets (already shifted) or labels (shifted by the model), not both")
+        head = getattr(self.lm_head, "_orig_mod", self.lm_head)  # torch.compile may have wrapped it
+        if not isinstance(head, ChunkedLossHead):
+            raise TypeError(
+                f"the chunked loss needs lm_head to be a {ChunkedLossHead.__name__}, but it is a "
+                f"{type(head).__name__} (do pc.targets match lm_head?); set trainer.loss_chunk_tokens=0"
+            )
+        outputs = self.model(*args, **kwargs)
+        loss = self.lm_head(outputs.last_hidden_state, targets=targets, chunk_tokens=loss_chunk_tokens)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
 def build_model(
     cfg: ModelConfig, vocab_size: int, bos_id: int | None = 1, eos_id: int | None = 2
-) -> LlamaForCausalLM:
-    """A freshly initialised Llama (initialisation follows the global torch RNG)."""
+) -> PretrainingLlama:
+    """A freshly initialised Llama (initialisation follows the global torch RNG, as the stock class's)."""
     hf_config = llama_config(cfg, vocab_size, bos_id, eos_id)
     hf_config._attn_implementation = "sdpa"
-    return LlamaForCausalLM(hf_config)
+    return PretrainingLlama(hf_config)
 
 
 def parameter_counts(cfg: ModelConfig, vocab_size: int) -> dict[str, int]:

@@ -37,6 +37,8 @@ VARIANTS = {
     "baseline": ["pc.degree=0"],
     "pc4": ["pc.degree=4"],
     "pc4-forward": ["pc.degree=4", "pc.transform_every=forward"],
+    "pc4-fp32": ["pc.degree=4", "pc.tf32=false"],
+    "baseline-full-logits": ["pc.degree=0", "trainer.loss_chunk_tokens=0"],
     "muon": ["optimizer=muon", "pc.degree=0"],
     "muon-pc2": ["optimizer=muon", "pc.degree=2"],
 }
@@ -123,6 +125,7 @@ def run_variant(name: str, cfg: TrainConfig, micro_batches: int, warmup: int, st
         state=TrainState(),
         max_steps=warmup + steps,
         grad_clip=cfg.trainer.grad_clip,
+        loss_chunk_tokens=cfg.trainer.loss_chunk_tokens,
         callbacks=[*callbacks, SpectralNormUpdate(log_every=10**9), timer],
     )
     if device.type == "cuda":
@@ -148,14 +151,14 @@ def run_variant(name: str, cfg: TrainConfig, micro_batches: int, warmup: int, st
 def render(results: list[Result]) -> str:
     base = results[0]
     lines = [
-        f"{'variant':14} {'tokens/s':>10} {'MFU':>7} {'peak GiB':>9} {'optim %':>8} {'vs ' + base.name:>12}"
+        f"{'variant':20} {'tokens/s':>10} {'MFU':>7} {'peak GiB':>9} {'optim %':>8} {'vs ' + base.name:>12}"
     ]
     for r in results:
         mfu = f"{100 * r.mfu:6.1f}%" if r.mfu is not None else "    n/a"
         peak = f"{r.peak_gib:9.1f}" if r.peak_gib is not None else "      n/a"
         ratio = r.tokens_per_s / base.tokens_per_s
         share = 100 * r.optimizer_share
-        lines.append(f"{r.name:14} {r.tokens_per_s:10,.0f} {mfu:>7} {peak} {share:7.1f}% {ratio:12.3f}")
+        lines.append(f"{r.name:20} {r.tokens_per_s:10,.0f} {mfu:>7} {peak} {share:7.1f}% {ratio:12.3f}")
     return "\n".join(lines)
 
 

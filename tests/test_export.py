@@ -65,3 +65,4 @@ def test_a_small_model_is_one_model_safetensors_file(
     )
     assert (out / "model.safetensors").is_file()
     assert not (out / "model.safetensors.index.json").exists()
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]

@@ -157,7 +157,12 @@ def deepspeed_config(cfg: TrainConfig, precision: str, grad_accum: int) -> dict[
         "zero_optimization": zero,
         "bf16": {"enabled": False},
         "fp16": {"enabled": False},
-        "torch_autocast": {"enabled": precision == "bf16", "dtype": "bfloat16"},
+        # An empty list: DeepSpeed would otherwise reduce nn.Linear gradients in the autocast dtype.
+        "torch_autocast": {
+            "enabled": precision == "bf16",
+            "dtype": "bfloat16",
+            "lower_precision_safe_modules": [],
+        },
         "communication_data_type": "fp32",
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 2**31 - 1,

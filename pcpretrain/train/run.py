@@ -180,6 +180,7 @@ def run_training(cfg: TrainConfig, run_dir: Path) -> RunSummary:
         max_steps=cfg.trainer.max_steps,
         stop_at=cfg.trainer.stop_at,
         grad_clip=cfg.trainer.grad_clip,
+        loss_chunk_tokens=cfg.trainer.loss_chunk_tokens,
         callbacks=callbacks,
     )
     try:

@@ -11,6 +11,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from torch import nn
 
+from pcpretrain.config import TrainerConfig
 from pcpretrain.train.callbacks.base import Callback
 from pcpretrain.train.errors import NonFiniteLossError
 from pcpretrain.train.loss import causal_lm_loss
@@ -40,6 +41,7 @@ class Trainer:
         max_steps: int,
         stop_at: int | None = None,
         grad_clip: float = 1.0,
+        loss_chunk_tokens: int = TrainerConfig.loss_chunk_tokens,
         callbacks: Sequence[Callback] = (),
     ) -> None:
         self.accelerator = accelerator
@@ -51,6 +53,8 @@ class Trainer:
         self.max_steps = max_steps
         self.last_step = stop_at if stop_at is not None else max_steps
         self.grad_clip = grad_clip
+        # Tokens per chunk of the fused LM-head loss (0: all logits at once); evaluation uses it too.
+        self.loss_chunk_tokens = loss_chunk_tokens
         self.callbacks = list(callbacks)
 
     @property
@@ -98,7 +102,7 @@ class Trainer:
             windows = windows.to(self.accelerator.device, non_blocking=True)
             with self.accelerator.accumulate(self.model):
                 with self.accelerator.autocast():
-                    loss = causal_lm_loss(self.model, windows)
+                    loss = causal_lm_loss(self.model, windows, chunk_tokens=self.loss_chunk_tokens)
                 loss_sum += loss.detach()
                 if index == len(micro_batches) - 1:
                     loss_value = self.accelerator.reduce(loss_sum, reduction="mean").item() / len(

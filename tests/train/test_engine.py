@@ -53,7 +53,7 @@ def test_deepspeed_config_comes_from_the_run_config() -> None:
     assert ds["zero_optimization"] == {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True}
     # fp32 weights and fp32 gradient reduction; bf16 is autocast only, so PC sees fp32 matrices.
     assert ds["bf16"] == {"enabled": False} and ds["communication_data_type"] == "fp32"
-    assert ds["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
+    assert ds["torch_autocast"] == {"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}
 
 
 def test_fsdp_plugin_shards_decoder_layers_with_fp32_parameters_and_reduction() -> None:

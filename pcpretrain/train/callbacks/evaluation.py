@@ -36,13 +36,16 @@ class Evaluation(Callback):
 
 @torch.no_grad()
 def evaluate(trainer: Trainer, batches: Sequence[torch.Tensor]) -> float:
-    """Token-mean loss over ``batches`` (windows share one length, so weighting by window count suffices)."""
+    """Token-mean loss over ``batches`` (windows share one length, so weighting by window count suffices),
+    computed as the trainer computes its loss."""
     model, accelerator = trainer.model, trainer.accelerator
     model.eval()
     totals = torch.zeros(2, device=accelerator.device)
     for windows in batches:
         with accelerator.autocast():
-            loss = causal_lm_loss(model, windows.to(accelerator.device))
+            loss = causal_lm_loss(
+                model, windows.to(accelerator.device), chunk_tokens=trainer.loss_chunk_tokens
+            )
         totals += torch.stack(
             [loss.float() * windows.size(0), torch.tensor(float(windows.size(0)), device=loss.device)]
         )
