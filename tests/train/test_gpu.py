@@ -52,3 +52,25 @@ def test_llama_1b_with_pc_degree_4_under_sharded_engines_matches_single(
     assert [r["step"] for r in sharded] == [1, 2, 3]
     for one, other in zip(single, sharded, strict=True):
         assert other["loss"] == pytest.approx(one["loss"], rel=2e-3)
+
+
+def test_fast_paths_follow_the_plain_paths_under_bf16_and_compile(tmp_path: Path) -> None:
+    """Per-step PC in bf16 with TF32, the chunked loss and compiled layers, against the per-forward PC,
+    full logits and eager layers: the same loss curve up to bf16 noise."""
+    common = ["trainer.max_steps=8", "trainer.device=cuda", "trainer.precision=bf16", "pc.degree=4"]
+    fast = tmp_path / "fast"
+    plain = tmp_path / "plain"
+    run_training(tiny_config(fast, *common, "trainer.compile=true"), fast)
+    run_training(
+        tiny_config(
+            plain,
+            *common,
+            "trainer.compile=false",
+            "pc.transform_every=forward",
+            "pc.tf32=false",
+            "trainer.loss_chunk_tokens=0",
+        ),
+        plain,
+    )
+    for one, other in zip(read_metrics(plain), read_metrics(fast), strict=True):
+        assert other["loss"] == pytest.approx(one["loss"], rel=1e-2)
