@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pcpretrain.pc_math import compute_dtype
+
 
 # Eager even inside a compiled module (regional compilation compiles lm_head): a compiled graph would
 # functionalise the in-place softmax and could hold several chunks' logits at once.
@@ -83,9 +85,13 @@ def _chunked_pass(
     grad_hidden = torch.empty_like(hidden) if hidden_grad else None
     # Summed over chunks, so kept in float32 (or wider) whatever dtype the matmuls produce.
     grad_weight = (
-        torch.zeros(weight.shape, dtype=_wide(weight.dtype), device=weight.device) if weight_grad else None
+        torch.zeros(weight.shape, dtype=compute_dtype(weight.dtype), device=weight.device)
+        if weight_grad
+        else None
     )
-    loss_sum = hidden.new_zeros((), dtype=_wide(torch.promote_types(hidden_op.dtype, weight_op.dtype)))
+    loss_sum = hidden.new_zeros(
+        (), dtype=compute_dtype(torch.promote_types(hidden_op.dtype, weight_op.dtype))
+    )
     for start in range(0, rows, chunk_tokens):
         rows_slice = slice(start, start + chunk_tokens)
         loss_sum += _chunk(
@@ -119,7 +125,7 @@ def _chunk(
     targets = targets[:, None]
     logits = F.linear(chunk, weight)
     matmul_dtype = logits.dtype
-    logits = logits.to(_wide(matmul_dtype))
+    logits = logits.to(compute_dtype(matmul_dtype))
     target_logits = logits.gather(1, targets)
     max_logits = logits.amax(dim=-1, keepdim=True)
     # In place, so the chunk never needs a second float32 buffer: exp(logits - max) from here on.
@@ -146,11 +152,6 @@ def _matmul_operands(hidden: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
         return hidden, weight
     dtype = torch.promote_types(hidden.dtype, weight.dtype)
     return hidden.to(dtype), weight.to(dtype)
-
-
-def _wide(dtype: torch.dtype) -> torch.dtype:
-    """float32, or the dtype itself when it is wider (float64)."""
-    return torch.promote_types(dtype, torch.float32)
 
 
 def _check_arguments(hidden: Tensor, weight: Tensor, targets: Tensor, chunk_tokens: int) -> None:

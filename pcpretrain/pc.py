@@ -118,11 +118,9 @@ class PCLinear(nn.Linear):
         self.step_weight = self.step_grad = None
         return grad
 
-    def finish_step(self, grad: Tensor | None = None) -> None:
-        """Push the step's dL/dW_eff (or ``grad``, the sum over ranks) through the transform once, in
-        closed form (:func:`effective_weight_vjp`), into the weight's and gamma's ``.grad``."""
-        grad = self.take_step_grad() if grad is None else grad
-        self.step_weight = self.step_grad = None
+    def finish_step(self, grad: Tensor) -> None:
+        """Push the step's dL/dW_eff (:meth:`take_step_grad`, or its sum over ranks) through the transform
+        once, in closed form (:func:`effective_weight_vjp`), into the weight's and gamma's ``.grad``."""
         grad_weight, grad_gamma = effective_weight_vjp(
             self.weight, self.pc_gamma, self.pc_u, self.pc_v, self.degree, grad
         )
@@ -188,7 +186,7 @@ def begin_step(model: nn.Module, dtype: torch.dtype | None = None) -> None:
 def finish_step(model: nn.Module) -> None:
     """End the step: one backward through each transform; later forwards recompute W_eff again."""
     for _, mod in pc_modules(model):
-        mod.finish_step()
+        mod.finish_step(mod.take_step_grad())
 
 
 # Gives read access to the whole tensor behind a parameter; identity unless an engine shards it.

@@ -97,8 +97,9 @@ def polynomial_map_vjp(x: Tensor, grad: Tensor, degree: int) -> tuple[Tensor, Te
     """(dL/dX, <grad, P>) for P = polynomial_map(X) and dL/dP = grad, without forming P.
 
     For the tall case P = X q(G), G = X^T X: with A = X^T grad, the adjoint of Horner's recursion gives
-    B = sum_i (G^i A) h_{i+1}, and dL/dX = grad q(G) + X (B + B^T). That is three m x n x n products
-    where autograd needs five (it also recomputes P), which is most of the per-step transform's cost.
+    B = sum_i (G^i A) h_{i+1}, and dL/dX = grad q(G) + X (B + B^T). That is four m x n x n products (G
+    and three for the gradient) where autograd needs six (it recomputes P, then differentiates both
+    products); the m x n x n products are most of the per-step transform's cost.
     The wide case is the tall case of the transposes. <grad, P> = <A, q(G)> gives gamma's gradient.
     """
     coeffs = PC_COEFFICIENTS.get(check_degree(degree))
