@@ -222,6 +222,10 @@ class TrainerConfig:
     eval_every: int = 50
     eval_batches: int | None = 8
     log_every: int = 1
+    # Torch-profiler trace of optimizer steps "A-B" (1-based, inclusive, as in metrics.jsonl) or "A";
+    # null: off. Written to <run.dir>/profile/ by the ranks in profile_ranks.
+    profile: str | None = None
+    profile_ranks: list[int] = field(default_factory=lambda: [0])
 
 
 @dataclass
@@ -307,6 +311,19 @@ def _positive(key: str, value: float | int, *, allow_zero: bool = False) -> None
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ConfigError(f"{key}={value!r} is not allowed; it must be {bound}")
+
+
+def parse_step_range(text: str) -> tuple[int, int]:
+    """``"A-B"`` (steps A to B inclusive, 1-based) or ``"A"`` as ``(A, B)``; the one parser of
+    ``trainer.profile``, shared by validation and the profiler callback."""
+    first, sep, last = str(text).strip().partition("-")
+    try:
+        steps = (int(first), int(last) if sep else int(first))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a step range 'A-B' or 'A'") from None
+    if not 1 <= steps[0] <= steps[1]:
+        raise ValueError(f"{text!r} is not a step range 'A-B' or 'A' with 1 <= A <= B")
+    return steps
 
 
 def validate(cfg: TrainConfig, world_size: int = 1) -> None:
@@ -442,6 +459,29 @@ def _validate_trainer(cfg: TrainConfig, world_size: int) -> None:
     if t.eval_batches is not None:
         _positive("trainer.eval_batches", t.eval_batches)
     _positive("trainer.log_every", t.log_every)
+    _validate_profile(t, world_size)
+
+
+def _validate_profile(t: TrainerConfig, world_size: int) -> None:
+    if t.profile is None:
+        return
+    try:
+        first, last = parse_step_range(t.profile)
+    except ValueError:
+        raise ConfigError(
+            f"trainer.profile={t.profile!r} is not allowed; give optimizer steps as 'A-B' (A to B "
+            "inclusive, 1-based as in metrics.jsonl, 1 <= A <= B), a single step 'A', or null (off)"
+        ) from None
+    if last > t.max_steps:
+        raise ConfigError(
+            f"trainer.profile={t.profile!r} ends after trainer.max_steps={t.max_steps}; "
+            f"choose steps in [1, {t.max_steps}]"
+        )
+    if not t.profile_ranks or not all(0 <= rank < world_size for rank in t.profile_ranks):
+        raise ConfigError(
+            f"trainer.profile_ranks={list(t.profile_ranks)} is not allowed; give one or more process "
+            f"ranks in [0, {world_size - 1}] ({world_size} process(es))"
+        )
 
 
 def _validate_distributed(cfg: TrainConfig, world_size: int) -> None:

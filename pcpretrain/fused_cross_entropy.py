@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pcpretrain.pc_math import compute_dtype
+from pcpretrain.pc.precision import compute_dtype
 
 
 # Eager even inside a compiled module (regional compilation compiles lm_head): a compiled graph would

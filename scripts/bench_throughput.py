@@ -23,12 +23,9 @@ from hydra import compose, initialize_config_dir
 
 from pcpretrain.config import TrainConfig, register_configs, to_train_config
 from pcpretrain.model import flops_per_token, peak_flops
-from pcpretrain.optim import build_optimizer, build_scheduler
 from pcpretrain.train.callbacks.base import Callback
-from pcpretrain.train.callbacks.pc_step import PCStepTransform
-from pcpretrain.train.callbacks.spectral import SpectralNormUpdate
 from pcpretrain.train.engine import build_accelerator
-from pcpretrain.train.run import build_training_model, uses_per_step_pc
+from pcpretrain.train.run import build_training_parts
 from pcpretrain.train.state import TrainState
 from pcpretrain.train.trainer import Trainer
 
@@ -70,30 +67,42 @@ class RandomBatches:
         return {}
 
 
+def synchronized_now(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 class StepTimer(Callback):
-    """Wall time of each step and of its optimizer part (clipping, optimizer, PC backward excluded)."""
+    """Wall time of the steps after ``warmup``, with the device synchronised only at both ends, so the
+    host-device overlap the trainer is built for is measured, not broken."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.steps: list[float] = []
-        self.optimizer: list[float] = []
-
-    def _now(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
-    def on_step_start(self, trainer: Trainer) -> None:
-        self.start = self._now()
-
-    def pre_optim_step(self, trainer: Trainer) -> None:
-        self.optimizer_start = self._now()
-
-    def post_optim_step(self, trainer: Trainer) -> None:
-        self.optimizer.append(self._now() - self.optimizer_start)
+    def __init__(self, device: torch.device, warmup: int) -> None:
+        self.device, self.warmup = device, warmup
+        self.start = self.end = 0.0
 
     def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
-        self.steps.append(self._now() - self.start)
+        if trainer.state.step == self.warmup:
+            self.start = synchronized_now(self.device)
+        elif trainer.at_last_step:
+            self.end = synchronized_now(self.device)
+
+
+class OptimizerTimer:
+    """Times each ``optimizer.step`` with the device synchronised around it (used after the timed steps)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+        self.seconds: list[float] = []
+        self.inner = getattr(optimizer, "optimizer", optimizer)
+        self.plain_step = self.inner.step
+        self.device = device
+        self.inner.step = self.timed_step
+
+    def timed_step(self, *args: Any, **kwargs: Any) -> Any:
+        start = synchronized_now(self.device)
+        result = self.plain_step(*args, **kwargs)
+        self.seconds.append(synchronized_now(self.device) - start)
+        return result
 
 
 def variant_config(overrides: list[str]) -> TrainConfig:
@@ -103,35 +112,36 @@ def variant_config(overrides: list[str]) -> TrainConfig:
 
 
 def run_variant(name: str, cfg: TrainConfig, micro_batches: int, warmup: int, steps: int) -> Result:
+    """Throughput over ``steps`` steps after ``warmup``; then ``steps`` more with the optimizer timed."""
     accelerator = build_accelerator(cfg)
     device = accelerator.device
     vocab = cfg.model.vocab_size or 32000
     torch.manual_seed(0)
-    model, _ = build_training_model(cfg, vocab)
-    model.to(device)
-    optimizer = build_optimizer(model, cfg.optimizer)
-    scheduler = build_scheduler(optimizer, cfg.scheduler, warmup + steps)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    timer = StepTimer(device)
-    callbacks = [PCStepTransform(cfg.pc.tf32)] if uses_per_step_pc(cfg) else []
+    parts = build_training_parts(cfg, accelerator, vocab)
+    timer = StepTimer(device, warmup)
     trainer = Trainer(
         accelerator=accelerator,
-        model=model,
-        optimizer=optimizer,
-        scheduler=scheduler,
+        model=parts.model,
+        optimizer=parts.optimizer,
+        scheduler=parts.scheduler,
         train_batches=RandomBatches(
             micro_batches, cfg.trainer.micro_batch_size, cfg.data.seq_len, vocab, device
         ),
         state=TrainState(),
-        max_steps=warmup + steps,
+        max_steps=warmup + 2 * steps,
+        stop_at=warmup + steps,
         grad_clip=cfg.trainer.grad_clip,
         loss_chunk_tokens=cfg.trainer.loss_chunk_tokens,
-        callbacks=[*callbacks, SpectralNormUpdate(log_every=10**9), timer],
+        pc_step=parts.pc_step,
+        callbacks=[timer],
     )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     trainer.fit()
-    step_time = sum(timer.steps[warmup:]) / steps
+    step_time = (timer.end - timer.start) / steps
+    optimizer_timer = OptimizerTimer(parts.optimizer, device)
+    trainer.last_step = warmup + 2 * steps
+    trainer.fit()
     tokens_per_s = micro_batches * cfg.trainer.micro_batch_size * cfg.data.seq_len / step_time
     peak = peak_flops(device)
     result = Result(
@@ -139,9 +149,9 @@ def run_variant(name: str, cfg: TrainConfig, micro_batches: int, warmup: int, st
         tokens_per_s=tokens_per_s,
         mfu=flops_per_token(cfg.model, vocab, cfg.data.seq_len) * tokens_per_s / peak if peak else None,
         peak_gib=torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
-        optimizer_share=sum(timer.optimizer[warmup:]) / sum(timer.steps[warmup:]),
+        optimizer_share=sum(optimizer_timer.seconds) / len(optimizer_timer.seconds) / step_time,
     )
-    del trainer, model, optimizer, scheduler, accelerator
+    del trainer, parts, accelerator
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -20,7 +20,9 @@ import torch
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-from pcpretrain.pc_math import cuda_tf32, effective_weight, effective_weight_vjp, power_iteration_
+from pcpretrain.pc.precision import cuda_tf32
+from pcpretrain.pc.spectral import power_iteration_
+from pcpretrain.pc.transform import effective_weight, effective_weight_vjp
 
 # Hidden size and FFN width of the model configs in pcpretrain/configs/model.
 SHAPES = {"1B": (2048, 5632), "271M": (1024, 2816), "tiny": (64, 160)}

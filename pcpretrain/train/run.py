@@ -7,6 +7,7 @@ import logging
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from omegaconf import OmegaConf
@@ -14,20 +15,20 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pcpretrain import pc
-from pcpretrain.config import ConfigError, TrainConfig, load_yaml, to_yaml, validate
+from pcpretrain.config import ConfigError, TrainConfig, load_yaml, parse_step_range, to_yaml, validate
 from pcpretrain.data.batches import PackedWindows, StreamComponent, StreamingBatches
 from pcpretrain.data.pipeline import PreparedData, prepare_data
 from pcpretrain.data.stream import StreamSpec
 from pcpretrain.data.validation import validation_batches
 from pcpretrain.model import build_model, flops_per_token, peak_flops
 from pcpretrain.optim import build_optimizer, build_scheduler, reapply_schedule
+from pcpretrain.pc import PCStep, ddp_ignored_names
 from pcpretrain.train import checkpoint as ckpt
 from pcpretrain.train.callbacks.checkpointing import Checkpointing
 from pcpretrain.train.callbacks.evaluation import Evaluation
 from pcpretrain.train.callbacks.metrics_file import MetricsFile, read_metrics
-from pcpretrain.train.callbacks.pc_step import PCStepTransform, ddp_ignored_names
+from pcpretrain.train.callbacks.profiler import Profiler
 from pcpretrain.train.callbacks.progress import ConsoleProgress
-from pcpretrain.train.callbacks.spectral import SpectralNormUpdate
 from pcpretrain.train.callbacks.speed import SpeedMonitor
 from pcpretrain.train.callbacks.wandb_logger import WandbLogger
 from pcpretrain.train.engine import SHARDED_ENGINES, build_accelerator, launched_world_size
@@ -42,6 +43,8 @@ METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
 OPTIMIZER_GROUPS_FILE = "optimizer_groups.json"
+# The dtype autocast runs the linear layers in, by accelerate's mixed-precision name.
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -90,6 +93,45 @@ def build_training_model(
     return model, converted
 
 
+@dataclass
+class TrainingParts:
+    """What a step needs, prepared by the engine: the same for ``pcpretrain train`` and the benchmark."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    pc_step: PCStep | None
+
+
+def build_training_parts(
+    cfg: TrainConfig,
+    accelerator: Accelerator,
+    vocab_size: int,
+    bos_id: int | None = 1,
+    eos_id: int | None = 2,
+    groups_file: Path | None = None,
+) -> TrainingParts:
+    """Model with PC layers, optimizer and schedule, prepared by ``accelerator``, and the PC step phases.
+
+    ``groups_file``: where to save which parameters each optimizer group holds (None: not saved).
+    """
+    model, converted = build_training_model(cfg, vocab_size, bos_id, eos_id)
+    per_step_pc = uses_per_step_pc(cfg)
+    log.info(
+        "PC degree %d on %d matrices, transform computed once per %s",
+        cfg.pc.degree,
+        len(converted),
+        "optimizer step" if per_step_pc else "micro-batch forward",
+    )
+    if per_step_pc:  # a no-op unless accelerate wraps the model in DDP (which it may do for one process)
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ddp_ignored_names(model))
+    model.to(accelerator.device)
+    optimizer = build_optimizer(model, cfg.optimizer, groups_file)
+    scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.trainer.max_steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    return TrainingParts(model, optimizer, scheduler, build_pc_step(cfg, model, accelerator))
+
+
 def run_training(cfg: TrainConfig, run_dir: Path) -> RunSummary:
     """Train (or resume) the run described by ``cfg`` in ``run_dir``."""
     validate(cfg, launched_world_size())
@@ -105,22 +147,15 @@ def run_training(cfg: TrainConfig, run_dir: Path) -> RunSummary:
         check_compatible(resume_from, cfg, data)
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    model, converted = build_training_model(cfg, vocab_size, data.tokenizer.bos_id, data.tokenizer.eos_id)
-    per_step_pc = uses_per_step_pc(cfg)
-    log.info(
-        "PC degree %d on %d matrices, transform computed once per %s",
-        cfg.pc.degree,
-        len(converted),
-        "optimizer step" if per_step_pc else "micro-batch forward",
+    parts = build_training_parts(
+        cfg,
+        accelerator,
+        vocab_size,
+        bos_id=data.tokenizer.bos_id,
+        eos_id=data.tokenizer.eos_id,
+        groups_file=run_dir / OPTIMIZER_GROUPS_FILE if accelerator.is_main_process else None,
     )
-    if per_step_pc:  # a no-op unless accelerate wraps the model in DDP (which it may do for one process)
-        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ddp_ignored_names(model))
-    model.to(accelerator.device)
-    optimizer = build_optimizer(
-        model, cfg.optimizer, run_dir / OPTIMIZER_GROUPS_FILE if accelerator.is_main_process else None
-    )
-    scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.trainer.max_steps)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model, optimizer, scheduler = parts.model, parts.optimizer, parts.scheduler
 
     train_batches = build_train_batches(cfg, data, accelerator, accelerator.gradient_accumulation_steps)
     state = TrainState()
@@ -157,10 +192,13 @@ def run_training(cfg: TrainConfig, run_dir: Path) -> RunSummary:
     log_every = cfg.trainer.log_every
     preemption = Preemption(StopSignals(cfg.distributed.stop_signals))
     callbacks = [
-        *([PCStepTransform(cfg.pc.tf32)] if per_step_pc else []),
+        *(
+            [Profiler(parse_step_range(cfg.trainer.profile), cfg.trainer.profile_ranks, run_dir / "profile")]
+            if cfg.trainer.profile
+            else []
+        ),
         preemption,
         speed,
-        SpectralNormUpdate(log_every),
         evaluation,
         *([ConsoleProgress()] if cfg.logger.progress else []),
         MetricsFile(run_dir / METRICS_FILE, log_every),
@@ -181,6 +219,7 @@ def run_training(cfg: TrainConfig, run_dir: Path) -> RunSummary:
         stop_at=cfg.trainer.stop_at,
         grad_clip=cfg.trainer.grad_clip,
         loss_chunk_tokens=cfg.trainer.loss_chunk_tokens,
+        pc_step=parts.pc_step,
         callbacks=callbacks,
     )
     try:
@@ -193,6 +232,18 @@ def run_training(cfg: TrainConfig, run_dir: Path) -> RunSummary:
     if accelerator.is_main_process:
         (run_dir / SUMMARY_FILE).write_text(json.dumps(asdict(summary), indent=2), encoding="utf-8")
     return summary
+
+
+def build_pc_step(cfg: TrainConfig, model: nn.Module, accelerator: Accelerator) -> PCStep | None:
+    """The PC phases of each step for the prepared ``model`` (None without PC layers)."""
+    if cfg.pc.degree == 0:
+        return None
+    return PCStep(
+        accelerator.unwrap_model(model),
+        per_step=uses_per_step_pc(cfg),
+        forward_dtype=AUTOCAST_DTYPES.get(str(accelerator.mixed_precision)),
+        tf32=cfg.pc.tf32,
+    )
 
 
 def uses_per_step_pc(cfg: TrainConfig) -> bool:

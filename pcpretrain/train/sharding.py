@@ -1,18 +1,21 @@
-"""Whole-tensor access to parameters that an engine keeps sharded, and buffer agreement across ranks.
+"""Whole-tensor access to parameters that an engine keeps sharded, and owner-computes-and-shares.
 
-The PC power iteration and its statistics need whole matrices outside forward, where FSDP2 holds a
-``DTensor`` shard and ZeRO-3 a partition. Everything here is a no-op for unsharded parameters.
+The PC transform and its power iteration need whole matrices outside forward, where FSDP2 holds a
+``DTensor`` shard and ZeRO-3 a partition. Work on a stack of same-shaped matrices is split into
+contiguous slices, one per rank; each rank computes its slice and the slices are then shared with
+one collective per rank and stack. Everything here is a no-op for unsharded parameters and one process.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch.distributed.tensor import DTensor
+from torch.distributed.tensor import DTensor, Shard
 
 
 @contextlib.contextmanager
@@ -58,3 +61,74 @@ def local_like(param: Tensor, full: Tensor) -> Tensor:
 
         return distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)
     return full
+
+
+def full_stack(params: Sequence[Tensor], start: int, end: int) -> Tensor:
+    """The whole tensors of ``params[start:end]``, detached, as one stack.
+
+    Collective under FSDP2 and ZeRO-3 (every rank must call it with the same ``params``); a plain stack
+    of the requested rows otherwise.
+    """
+    if isinstance(params[0], DTensor):
+        return _gather_dtensor_stack(params)[start:end]
+    if hasattr(params[0], "ds_id"):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(params), modifier_rank=None):
+            return _stack([p.data for p in params], start, end)
+    return _stack([p.detach() for p in params], start, end)
+
+
+def _stack(tensors: Sequence[Tensor], start: int, end: int) -> Tensor:
+    """``tensors[start:end]`` stacked; an empty stack of the right shape when the range is empty."""
+    if end <= start:
+        return tensors[0].new_empty((0, *tensors[0].shape))
+    return torch.stack(list(tensors[start:end]))
+
+
+def _gather_dtensor_stack(params: Sequence[Tensor]) -> Tensor:
+    """All-gather same-shaped DTensors sharded on dim 0 in one collective (padded to equal shards)."""
+    first = params[0]
+    if first.placements != (Shard(0),) or any(p.placements != first.placements for p in params):
+        return torch.stack([full_tensor(p) for p in params])
+    mesh = first.device_mesh
+    world, rows, rest = mesh.size(), first.shape[0], tuple(first.shape[1:])
+    chunk = math.ceil(rows / world)
+    local = torch.zeros((len(params), chunk, *rest), dtype=first.dtype, device=first.to_local().device)
+    for index, param in enumerate(params):
+        shard = param.to_local().detach()
+        local[index, : shard.shape[0]] = shard
+    gathered = local.new_empty((world, *local.shape))
+    dist.all_gather_into_tensor(gathered, local, group=mesh.get_group())
+    return gathered.transpose(0, 1).reshape(len(params), world * chunk, *rest)[:, :rows]
+
+
+def broadcast_slices(stack: Tensor, bounds: Sequence[tuple[int, int]]) -> None:
+    """Rank ``r`` holds the rows ``bounds[r]`` of ``stack``; afterwards every rank holds all of them."""
+    if not is_distributed():
+        return
+    handles = [
+        dist.broadcast(stack[start:end], src=rank, async_op=True)
+        for rank, (start, end) in enumerate(bounds)
+        if end > start
+    ]
+    for handle in handles:
+        handle.wait()
+
+
+def reduce_slices(stack: Tensor, bounds: Sequence[tuple[int, int]]) -> None:
+    """Sum ``stack`` over ranks, each slice ``bounds[r]`` only onto rank ``r`` (others keep partial sums)."""
+    if not is_distributed():
+        return
+    handles = [
+        dist.reduce(stack[start:end], dst=rank, async_op=True)
+        for rank, (start, end) in enumerate(bounds)
+        if end > start
+    ]
+    for handle in handles:
+        handle.wait()
+
+
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of processes (0 and 1 without a process group)."""
+    return (dist.get_rank(), dist.get_world_size()) if is_distributed() else (0, 1)

@@ -1,21 +1,24 @@
-"""The training loop: micro-batches, one optimizer step, callbacks. Nothing else lives here."""
+"""The training loop. One optimizer step, in the order it happens, reads top to bottom in
+:meth:`Trainer.train_step`: begin the PC step, micro-batches, finish the PC step, clip, optimizer,
+spectral update, counters. Callbacks only observe the loop and add metrics.
+"""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
-from torch import nn
+from torch import Tensor, nn
 
 from pcpretrain.config import TrainerConfig
+from pcpretrain.pc import PCStep
 from pcpretrain.train.callbacks.base import Callback
-from pcpretrain.train.errors import NonFiniteLossError
 from pcpretrain.train.loss import causal_lm_loss
 from pcpretrain.train.state import TrainState
+from pcpretrain.train.step_values import StepValueMonitor, check_finite_now
 
 
 class StepBatches(Protocol):
@@ -26,8 +29,18 @@ class StepBatches(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
 
+def skips_nonfinite_on_device(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer.step`` honours a ``found_inf`` tensor: torch's fused optimizers and ours."""
+    return bool(optimizer.defaults.get("fused")) or getattr(optimizer, "supports_found_inf", False)
+
+
 class Trainer:
-    """Runs optimizer steps until ``stop_at`` (or ``max_steps``), delegating everything else to callbacks."""
+    """Runs optimizer steps until ``stop_at`` (or ``max_steps``); callbacks observe each moment.
+
+    No step reads a device value on the host unless a callback needs the step's loss (logging,
+    evaluation, checkpoints; see :mod:`pcpretrain.train.step_values`), so the host can queue the next
+    step's work while the device finishes this one.
+    """
 
     def __init__(
         self,
@@ -42,6 +55,7 @@ class Trainer:
         stop_at: int | None = None,
         grad_clip: float = 1.0,
         loss_chunk_tokens: int = TrainerConfig.loss_chunk_tokens,
+        pc_step: PCStep | None = None,
         callbacks: Sequence[Callback] = (),
     ) -> None:
         self.accelerator = accelerator
@@ -55,7 +69,11 @@ class Trainer:
         self.grad_clip = grad_clip
         # Tokens per chunk of the fused LM-head loss (0: all logits at once); evaluation uses it too.
         self.loss_chunk_tokens = loss_chunk_tokens
+        self.pc_step = pc_step
         self.callbacks = list(callbacks)
+        self.step_values = StepValueMonitor()
+        # The torch optimizer behind accelerate's wrapper, which is where ``found_inf`` is read.
+        self._torch_optimizer = getattr(optimizer, "optimizer", optimizer)
 
     @property
     def schedule_finished(self) -> bool:
@@ -70,70 +88,99 @@ class Trainer:
         """End the run at the current step (preemption); callbacks then treat it as the last step."""
         self.last_step = self.state.step
 
+    def confirm_finite(self) -> None:
+        """Raise :class:`NonFiniteLossError` if any step so far was non-finite (before saving anything)."""
+        if self.step_values.unread:
+            self.step_values.read()
+
     def fit(self) -> None:
         """Train from ``state.step`` to the last step; callbacks see every moment."""
         try:
             self._emit("on_train_start")
             while self.state.step < self.last_step:
                 self._emit("on_step_start")
-                metrics = self.train_step()
-                self._emit("post_optim_step")
-                self.state.step += 1
-                metrics["step"] = self.state.step
+                lr = self.optimizer.param_groups[0]["lr"]
+                self.train_step()
+                metrics: dict[str, Any] = {"step": self.state.step, "lr": lr}
+                if any(callback.needs_step_values(self) for callback in self.callbacks):
+                    extra = self.pc_step.statistics() if self.pc_step is not None else {}
+                    values = self.step_values.read(extra)
+                    metrics.update(loss=values.loss, grad_norm=values.grad_norm, **values.extra)
                 self._emit("on_step_end", metrics)
+            self.confirm_finite()
             self._emit("on_train_end")
         except BaseException as error:
             self._emit("on_error", error)
             raise
 
-    def train_step(self) -> dict[str, Any]:
-        """One optimizer step over the step's micro-batches; refuses to step on a non-finite loss.
+    def train_step(self) -> None:
+        """One optimizer step over the step's micro-batches; a non-finite step is never applied.
 
         ``accelerator.accumulate`` skips the gradient all-reduce on all but the last micro-batch and
-        scales each loss by the number of micro-batches; under DeepSpeed the engine steps inside the
-        last ``backward``, so the loss is checked before that backward runs.
+        scales each loss by the number of micro-batches.
         """
         self.model.train()
-        lr = self.optimizer.param_groups[0]["lr"]
         micro_batches = self.train_batches.next_step()
+        if self.pc_step is not None:
+            self.pc_step.begin()
+        loss = self._micro_batches(micro_batches)
+        if self.pc_step is not None:
+            self.pc_step.finish()
+        if self.engine_steps_in_backward:
+            grad_norm = self._engine_grad_norm(loss)
+        else:
+            grad_norm = self._clip_gradients()
+            self._optimizer_step(loss, grad_norm)
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.pc_step is not None:
+            self.pc_step.update_spectral()
+        self.state.step += 1
+        self.state.tokens += (
+            sum(w.size(0) * (w.size(1) - 1) for w in micro_batches) * self.accelerator.num_processes
+        )
+        self.step_values.record(self.state.step, loss, grad_norm, StepValueMonitor.nonfinite(loss, grad_norm))
+
+    def _micro_batches(self, micro_batches: list[Tensor]) -> Tensor:
+        """Forward and backward of every micro-batch; returns the step's mean loss over all ranks."""
         loss_sum = torch.zeros((), device=self.accelerator.device)
-        loss_value = math.nan
         for index, windows in enumerate(micro_batches):
             windows = windows.to(self.accelerator.device, non_blocking=True)
             with self.accelerator.accumulate(self.model):
                 with self.accelerator.autocast():
                     loss = causal_lm_loss(self.model, windows, chunk_tokens=self.loss_chunk_tokens)
                 loss_sum += loss.detach()
-                if index == len(micro_batches) - 1:
-                    loss_value = self.accelerator.reduce(loss_sum, reduction="mean").item() / len(
-                        micro_batches
-                    )
-                    self._check_finite(loss_value, 0.0, step_taken=False)
+                if index == len(micro_batches) - 1 and self.engine_steps_in_backward:
+                    # The engine applies the step inside this backward: the loss must be known first.
+                    mean = self.accelerator.reduce(loss_sum, reduction="mean").item() / len(micro_batches)
+                    check_finite_now(self.state.step + 1, mean)
                 self.accelerator.backward(loss)
-        self._emit("pre_optim_step")
-        max_norm = self.grad_clip if self.grad_clip > 0 else math.inf
-        grad_norm = float(self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm))
-        self._check_finite(loss_value, grad_norm, step_taken=self.engine_steps_in_backward)
+        return self.accelerator.reduce(loss_sum, reduction="mean") / len(micro_batches)
+
+    def _clip_gradients(self) -> Tensor:
+        """Clip to ``grad_clip`` (0: no clipping) and return the total norm, as a device tensor."""
+        max_norm = self.grad_clip if self.grad_clip > 0 else float("inf")
+        return self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
+
+    def _optimizer_step(self, loss: Tensor, grad_norm: Tensor) -> None:
+        """The optimizer step, skipped on the device when the loss or gradient norm is not finite."""
+        nonfinite = StepValueMonitor.nonfinite(loss, grad_norm)
+        if skips_nonfinite_on_device(self._torch_optimizer):
+            self._torch_optimizer.found_inf = nonfinite
+        else:
+            check_finite_now(self.state.step + 1, *torch.stack([loss, grad_norm.to(loss.device)]).tolist())
         self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return {"loss": loss_value, "lr": lr, "grad_norm": grad_norm}
+
+    def _engine_grad_norm(self, loss: Tensor) -> Tensor:
+        """DeepSpeed clipped and stepped inside ``backward``; its norm is known only now (host check)."""
+        grad_norm = float(self.accelerator.clip_grad_norm_(self.model.parameters(), self.grad_clip))
+        check_finite_now(self.state.step + 1, 0.0, grad_norm, step_taken=True)
+        return torch.tensor(grad_norm, device=loss.device)
 
     @property
     def engine_steps_in_backward(self) -> bool:
         """DeepSpeed clips and steps inside ``backward``; its gradient norm is known only afterwards."""
         return self.accelerator.distributed_type == DistributedType.DEEPSPEED
-
-    def _check_finite(self, loss: float, grad_norm: float, step_taken: bool) -> None:
-        if math.isfinite(loss) and math.isfinite(grad_norm):
-            return
-        taken = (
-            "the engine had already applied this step" if step_taken else "the optimizer step was not taken"
-        )
-        raise NonFiniteLossError(
-            f"non-finite values at step {self.state.step + 1}: loss={loss}, grad_norm={grad_norm}; "
-            f"{taken} and no checkpoint was written after the last good one"
-        )
 
     def _emit(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:

@@ -21,11 +21,10 @@ class Callback:
     def on_step_start(self, trainer: Trainer) -> None:
         """Before the step's first micro-batch."""
 
-    def pre_optim_step(self, trainer: Trainer) -> None:
-        """After the step's last backward, before gradient clipping and the optimizer step."""
-
-    def post_optim_step(self, trainer: Trainer) -> None:
-        """Right after the optimizer step, before the step counter advances."""
+    def needs_step_values(self, trainer: Trainer) -> bool:
+        """Whether :meth:`on_step_end` of the step just finished wants ``loss`` and ``grad_norm`` in its
+        metrics. Reading them waits for the device, so callbacks ask only on the steps they log."""
+        return False
 
     def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         """After the step counter advanced; ``trainer.state.step`` is the step just finished."""
@@ -37,7 +36,11 @@ class Callback:
         """When the run is ending because of an exception; nothing may be saved here."""
 
 
+def log_due(trainer: Trainer, log_every: int) -> bool:
+    """Every ``log_every`` steps and the run's last step: when loggers need the step's values."""
+    return trainer.state.step % log_every == 0 or trainer.at_last_step
+
+
 def is_log_step(trainer: Trainer, metrics: dict[str, Any], log_every: int) -> bool:
     """Log every ``log_every`` steps, on evaluation steps and on the run's last step."""
-    step = trainer.state.step
-    return step % log_every == 0 or "val_loss" in metrics or trainer.at_last_step
+    return log_due(trainer, log_every) or "val_loss" in metrics

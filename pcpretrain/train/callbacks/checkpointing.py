@@ -56,6 +56,7 @@ class Checkpointing(Callback):
             ckpt.prune(self.root, self.ckpt_cfg.keep_last)
 
     def save_unmerged(self, trainer: Trainer) -> None:
+        trainer.confirm_finite()
         path = ckpt.save_unmerged(
             trainer.accelerator,
             self.root,
@@ -70,6 +71,7 @@ class Checkpointing(Callback):
         log.info("saved checkpoint %s", path)
 
     def save_merged(self, trainer: Trainer) -> None:
+        trainer.confirm_finite()
         state_dict = trainer.accelerator.get_state_dict(trainer.model)
         out = ckpt.merged_dir(self.root, trainer.state.step)
         if trainer.accelerator.is_main_process:

@@ -28,6 +28,9 @@ class Evaluation(Callback):
             (self.every > 0 and step % self.every == 0) or trainer.schedule_finished
         )
 
+    def needs_step_values(self, trainer: Trainer) -> bool:
+        return self.due(trainer)  # the train loss is logged beside the validation loss
+
     def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         if self.due(trainer):
             self.last_val_loss = evaluate(trainer, self.batches)

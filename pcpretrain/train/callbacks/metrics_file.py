@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pcpretrain.train.callbacks.base import Callback, is_log_step
+from pcpretrain.train.callbacks.base import Callback, is_log_step, log_due
 
 if TYPE_CHECKING:
     from pcpretrain.train.trainer import Trainer
@@ -27,6 +27,9 @@ class MetricsFile(Callback):
     def on_train_start(self, trainer: Trainer) -> None:
         if trainer.accelerator.is_main_process:
             truncate_after(self.path, trainer.state.step)
+
+    def needs_step_values(self, trainer: Trainer) -> bool:
+        return log_due(trainer, self.log_every)
 
     def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         if trainer.accelerator.is_main_process and is_log_step(trainer, metrics, self.log_every):

@@ -38,7 +38,9 @@ class ConsoleProgress(Callback):
     def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         if not trainer.accelerator.is_main_process:
             return
-        fields = {"loss": f"{metrics['loss']:.4f}", "lr": f"{metrics['lr']:.2e}"}
+        fields = {"lr": f"{metrics['lr']:.2e}"}
+        if "loss" in metrics:  # only on the steps whose values were read (logging, evaluation)
+            fields["loss"] = f"{metrics['loss']:.4f}"
         if "tokens_per_s" in metrics:
             fields["tok/s"] = f"{metrics['tokens_per_s']:.0f}"
         if "val_loss" in metrics:

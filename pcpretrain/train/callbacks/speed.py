@@ -30,7 +30,6 @@ class SpeedMonitor(Callback):
     def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         seconds = max(time.perf_counter() - self._started, 1e-9)
         self.step_seconds.append(seconds)
-        trainer.state.tokens += self.tokens_per_step
         tokens_per_s = self.tokens_per_step / seconds
         metrics["tokens"] = trainer.state.tokens
         metrics["tokens_per_s"] = tokens_per_s

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pcpretrain.config import WandbConfig
-from pcpretrain.train.callbacks.base import Callback, is_log_step
+from pcpretrain.train.callbacks.base import Callback, is_log_step, log_due
 
 if TYPE_CHECKING:
     from pcpretrain.train.trainer import Trainer
@@ -39,6 +39,9 @@ class WandbLogger(Callback):
             config=self.config,
         )
         trainer.state.wandb_run_id = self.run.id
+
+    def needs_step_values(self, trainer: Trainer) -> bool:
+        return log_due(trainer, self.log_every)
 
     def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         if self.run is not None and is_log_step(trainer, metrics, self.log_every):

@@ -8,15 +8,9 @@ from pc_reference import F64, SHAPES, rand, ref_precondition, ref_q_scalar, unit
 from torch import nn
 
 from pcpretrain.pc import PCLinear
-from pcpretrain.pc_math import (
-    effective_weight,
-    effective_weight_vjp,
-    polynomial_map,
-    polynomial_map_vjp,
-    power_iteration_,
-    precondition,
-    spectral_norm_estimate,
-)
+from pcpretrain.pc.polynomial import polynomial_map, polynomial_map_vjp, precondition
+from pcpretrain.pc.spectral import power_iteration_, spectral_norm_estimate
+from pcpretrain.pc.transform import effective_weight, effective_weight_vjp
 
 # ----------------------------------------------------------------------------- pure math
 

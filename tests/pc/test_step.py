@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from helpers import TINY_OVERRIDES, compose_config, read_metrics, run_cli
 
-from pcpretrain.train.callbacks.pc_step import ddp_ignored_names
+from pcpretrain.pc import ddp_ignored_names
 from pcpretrain.train.run import uses_per_step_pc
 
 
@@ -52,25 +52,27 @@ def test_ddp_leaves_the_pc_weights_to_the_per_step_backward() -> None:
 
 @pytest.mark.parametrize("tf32", [True, False])
 def test_the_transform_runs_with_the_configured_tf32_setting_and_restores_it(monkeypatch, tf32: bool) -> None:
-    from types import SimpleNamespace
-
     import torch
 
     from pcpretrain import pc
-    from pcpretrain.train.callbacks.pc_step import PCStepTransform
+    from pcpretrain.pc import step as pc_step
 
     seen = []
-    record = lambda *_: seen.append(torch.backends.cuda.matmul.allow_tf32)  # noqa: E731
-    monkeypatch.setattr(pc, "begin_step", record)
-    monkeypatch.setattr(pc, "finish_step", record)
-    accelerator = SimpleNamespace(unwrap_model=lambda model: model, mixed_precision="no")
-    trainer = SimpleNamespace(accelerator=accelerator, model=torch.nn.Linear(2, 2))
-    callback = PCStepTransform(tf32=tf32)
+
+    def recording(function):
+        return lambda *args: seen.append(torch.backends.cuda.matmul.allow_tf32) or function(*args)
+
+    monkeypatch.setattr(pc_step, "effective_weight", recording(pc_step.effective_weight))
+    monkeypatch.setattr(pc_step, "effective_weight_vjp", recording(pc_step.effective_weight_vjp))
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6))
+    pc.apply_pc(model, 2, targets=["0"])
+    step = pc.PCStep(model, tf32=tf32)
     previous = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = not tf32
     try:
-        callback.on_step_start(trainer)
-        callback.pre_optim_step(trainer)
+        step.begin()
+        model(torch.ones(1, 4)).sum().backward()
+        step.finish()
         assert torch.backends.cuda.matmul.allow_tf32 is (not tf32)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous

@@ -1,0 +1,39 @@
+"""PC layers grouped by shape, so the transform, its backward and the power iteration run as stacks.
+
+The 1B model's 72 PC matrices fall into three groups (gate/up, down, o); every per-step operation
+launches the kernels of one matrix per group, whatever the number of layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from pcpretrain.pc.layers import PCLinear
+
+
+def shape_groups(modules: Sequence[PCLinear]) -> list[list[PCLinear]]:
+    """Layers with the same weight shape, dtype, degree and power-iteration count, in model order."""
+    groups: dict[tuple, list[PCLinear]] = {}
+    for mod in modules:
+        key = (tuple(mod.weight.shape), mod.weight.dtype, mod.degree, mod.power_iters)
+        groups.setdefault(key, []).append(mod)
+    return list(groups.values())
+
+
+def owner_bounds(count: int, world: int) -> list[tuple[int, int]]:
+    """Contiguous, near-equal slices ``[start, end)`` of a stack of ``count`` matrices, one per rank."""
+    edges = [count * rank // world for rank in range(world + 1)]
+    return list(zip(edges[:-1], edges[1:], strict=True))
+
+
+def stack_buffers(group: Sequence[PCLinear], name: str) -> Tensor:
+    """The group's ``pc_u`` or ``pc_v`` buffers as one ``(B, len)`` stack (a copy)."""
+    return torch.stack([getattr(mod, name) for mod in group])
+
+
+def unstack_into(stack: Tensor, group: Sequence[PCLinear], name: str) -> None:
+    """Copy the rows of ``stack`` back into each layer's buffer ``name``, in one multi-tensor kernel."""
+    torch._foreach_copy_([getattr(mod, name) for mod in group], list(stack.unbind(0)))

@@ -1,0 +1,201 @@
+"""The per-step PC phases the Trainer calls: W_eff once per optimizer step, one backward, power iteration.
+
+Recomputing every PC layer's polynomial in each micro-batch forward (and differentiating it in each
+backward) costs more than the model's own matmuls for the 1B shapes. Here, per optimizer step:
+
+- :meth:`PCStep.begin` computes W_eff for all layers before the first micro-batch;
+- the micro-batches accumulate dL/dW_eff (in float32, see :meth:`PCLinear.begin_step`);
+- :meth:`PCStep.finish` sums it over ranks and pushes it through the transform once, in closed form,
+  into the raw weights' and gammas' ``.grad``;
+- :meth:`PCStep.update_spectral` runs the power iteration after the optimizer step.
+
+All three work on stacks of same-shaped layers (:mod:`pcpretrain.pc.groups`), so kernel launches
+depend on the number of shapes, not layers. With several ranks each stack is split into contiguous
+slices: rank ``r`` computes its slice from the whole (gathered, where the engine shards) weights and
+shares the result with one collective per rank and stack. Every rank ends up with identical W_eff,
+u and v; each gets its own shard of the gradients where the engine shards parameters.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from pcpretrain.pc.groups import owner_bounds, shape_groups, stack_buffers, unstack_into
+from pcpretrain.pc.layers import PCLinear
+from pcpretrain.pc.precision import compute_dtype, cuda_tf32
+from pcpretrain.pc.spectral import power_iteration_, spectral_norm_estimate
+from pcpretrain.pc.surgery import pc_modules
+from pcpretrain.pc.transform import effective_weight, effective_weight_vjp
+from pcpretrain.train.sharding import (
+    broadcast_slices,
+    full_stack,
+    local_like,
+    rank_and_world,
+    reduce_slices,
+)
+
+
+def ddp_ignored_names(model: nn.Module) -> list[str]:
+    """Parameters that reach the loss only through W_eff: their gradients come after DDP's backward."""
+    return [f"{name}.{leaf}" for name, _ in pc_modules(model) for leaf in ("weight", "pc_gamma")]
+
+
+def _add_grad(param: Tensor, grad: Tensor) -> None:
+    grad = local_like(param, grad)
+    param.grad = grad if param.grad is None else param.grad.add_(grad)
+
+
+class _Group:
+    """One stack of same-shaped PC layers and this rank's slice of it."""
+
+    def __init__(self, modules: list[PCLinear], rank: int, world: int) -> None:
+        self.modules = modules
+        self.bounds = owner_bounds(len(modules), world)
+        self.start, self.end = self.bounds[rank]
+        self.grad_sum: Tensor | None = None
+        self.sigma: Tensor | None = None
+
+    @property
+    def owns_any(self) -> bool:
+        return self.end > self.start
+
+    def weights(self) -> Tensor:
+        """Whole raw weights of this rank's slice (collective where the engine shards them)."""
+        return full_stack([mod.weight for mod in self.modules], self.start, self.end)
+
+    def gammas(self) -> Tensor:
+        return full_stack([mod.pc_gamma for mod in self.modules], self.start, self.end)
+
+    def buffers(self) -> tuple[Tensor, Tensor]:
+        return stack_buffers(self.modules, "pc_u"), stack_buffers(self.modules, "pc_v")
+
+    def stack_like(self, dtype: torch.dtype) -> Tensor:
+        weight = self.modules[0].weight
+        return torch.empty(
+            (len(self.modules), *weight.shape), dtype=dtype, device=self.modules[0].pc_u.device
+        )
+
+
+class PCStep:
+    """The PC phases of one optimizer step, for every PC layer of ``model`` (the unwrapped model).
+
+    ``per_step=False`` keeps W_eff in every forward (the reference way); the power iteration still runs
+    here. ``forward_dtype``: the dtype the forward's matmuls run in (bf16 under autocast), in which W_eff
+    is kept; ``None`` keeps the weights' dtype. ``tf32``: whether the transform's float32 matmuls may
+    use TF32 on CUDA (``pc.tf32``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        per_step: bool = True,
+        forward_dtype: torch.dtype | None = None,
+        tf32: bool = True,
+    ) -> None:
+        rank, world = rank_and_world()
+        self.groups = [_Group(g, rank, world) for g in shape_groups([m for _, m in pc_modules(model)])]
+        self.per_step = per_step and bool(self.groups)
+        self.forward_dtype = forward_dtype
+        self.world = world
+        self.tf32 = tf32
+
+    @torch.no_grad()
+    def begin(self) -> None:
+        """Compute every layer's W_eff for the coming step; micro-batches then share it."""
+        if not self.per_step:
+            return
+        with cuda_tf32(self.tf32):
+            for group in self.groups:
+                self._begin_group(group)
+
+    def _begin_group(self, group: _Group) -> None:
+        first = group.modules[0]
+        dtype = self.forward_dtype or first.weight.dtype
+        weights = group.weights()
+        stack = group.stack_like(dtype)
+        if group.owns_any:
+            u, v = group.buffers()
+            rows = slice(group.start, group.end)
+            stack[rows] = effective_weight(weights, group.gammas(), u[rows], v[rows], first.degree)
+        del weights
+        broadcast_slices(stack, group.bounds)
+        group.grad_sum = torch.zeros_like(stack, dtype=compute_dtype(dtype))
+        for mod, weight, grad_sum in zip(group.modules, stack, group.grad_sum, strict=True):
+            mod.begin_step(weight, grad_sum)
+
+    @torch.no_grad()
+    def finish(self) -> None:
+        """One backward through every transform: the summed dL/dW_eff into the weights' and gammas'
+        ``.grad`` (this rank's shard of them where the engine shards parameters)."""
+        if not self.per_step:
+            return
+        with cuda_tf32(self.tf32):
+            for group in self.groups:
+                self._finish_group(group)
+
+    def _finish_group(self, group: _Group) -> None:
+        for mod in group.modules:
+            mod.take_step_grad()
+        grads, group.grad_sum = group.grad_sum, None
+        reduce_slices(grads, group.bounds)
+        gammas = torch.empty((len(group.modules), 1), dtype=grads.dtype, device=grads.device)
+        if group.owns_any:
+            rows = slice(group.start, group.end)
+            u, v = group.buffers()
+            grad_weight, grad_gamma = effective_weight_vjp(
+                group.weights(),
+                group.gammas(),
+                u[rows],
+                v[rows],
+                group.modules[0].degree,
+                grads[rows].div_(self.world) if self.world > 1 else grads[rows],
+            )
+            grads[rows] = grad_weight
+            gammas[rows] = grad_gamma
+        else:
+            group.weights(), group.gammas()  # collectives every rank joins where the engine shards
+        broadcast_slices(grads, group.bounds)
+        broadcast_slices(gammas, group.bounds)
+        for mod, grad_weight, grad_gamma in zip(group.modules, grads, gammas, strict=True):
+            _add_grad(mod.weight, grad_weight.to(mod.weight.dtype))
+            _add_grad(mod.pc_gamma, grad_gamma.to(mod.pc_gamma.dtype))
+
+    @torch.no_grad()
+    def update_spectral(self) -> None:
+        """Warm-started power iteration of every PC layer, after each optimizer step (not per forward)."""
+        with cuda_tf32(self.tf32):
+            for group in self.groups:
+                weights = group.weights()
+                u, v = group.buffers()
+                sigma = torch.empty(len(group.modules), dtype=u.dtype, device=u.device)
+                if group.owns_any:
+                    rows = slice(group.start, group.end)
+                    power_iteration_(weights, u[rows], v[rows], group.modules[0].power_iters)
+                    sigma[rows] = spectral_norm_estimate(weights.to(u.dtype), u[rows], v[rows])
+                del weights
+                for stack in (u, v, sigma):
+                    broadcast_slices(stack, group.bounds)
+                unstack_into(u, group.modules, "pc_u")
+                unstack_into(v, group.modules, "pc_v")
+                group.sigma = sigma
+
+    @torch.no_grad()
+    def statistics(self) -> dict[str, Tensor]:
+        """Gamma and sigma summaries as device scalars (the trainer reads all its metrics at once).
+
+        Sigma is the estimate of the last :meth:`update_spectral`.
+        """
+        if not self.groups:
+            return {}
+        gammas = torch.cat(
+            [full_stack([m.pc_gamma for m in g.modules], 0, len(g.modules)) for g in self.groups]
+        )
+        gammas = gammas.float().reshape(-1)
+        sigmas = [g.sigma for g in self.groups if g.sigma is not None]
+        stats = {"pc/gamma_mean": gammas.mean(), "pc/gamma_min": gammas.min(), "pc/gamma_max": gammas.max()}
+        if sigmas:
+            sigma = torch.cat(sigmas).float().to(gammas.device)
+            stats.update({"pc/sigma_mean": sigma.mean(), "pc/sigma_max": sigma.max()})
+        return stats
