@@ -42,6 +42,9 @@ def ddp_ignored_names(model: nn.Module) -> list[str]:
 
 
 def _add_grad(param: Tensor, grad: Tensor) -> None:
+    """Add ``grad`` (the whole tensor's) to ``param.grad``: this rank's shard of it where it is sharded."""
+    if grad.dtype != param.dtype:
+        grad = grad.to(param.dtype)
     grad = local_like(param, grad)
     param.grad = grad if param.grad is None else param.grad.add_(grad)
 
@@ -159,8 +162,8 @@ class PCStep:
         broadcast_slices(grads, group.bounds)
         broadcast_slices(gammas, group.bounds)
         for mod, grad_weight, grad_gamma in zip(group.modules, grads, gammas, strict=True):
-            _add_grad(mod.weight, grad_weight.to(mod.weight.dtype))
-            _add_grad(mod.pc_gamma, grad_gamma.to(mod.pc_gamma.dtype))
+            _add_grad(mod.weight, grad_weight)
+            _add_grad(mod.pc_gamma, grad_gamma)
 
     @torch.no_grad()
     def update_spectral(self) -> None:

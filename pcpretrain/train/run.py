@@ -15,7 +15,15 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pcpretrain import pc
-from pcpretrain.config import ConfigError, TrainConfig, load_yaml, parse_step_range, to_yaml, validate
+from pcpretrain.config import (
+    ZERO_ENGINES,
+    ConfigError,
+    TrainConfig,
+    load_yaml,
+    parse_step_range,
+    to_yaml,
+    validate,
+)
 from pcpretrain.data.batches import PackedWindows, StreamComponent, StreamingBatches
 from pcpretrain.data.pipeline import PreparedData, prepare_data
 from pcpretrain.data.stream import StreamSpec
@@ -31,7 +39,7 @@ from pcpretrain.train.callbacks.profiler import Profiler
 from pcpretrain.train.callbacks.progress import ConsoleProgress
 from pcpretrain.train.callbacks.speed import SpeedMonitor
 from pcpretrain.train.callbacks.wandb_logger import WandbLogger
-from pcpretrain.train.engine import SHARDED_ENGINES, build_accelerator, launched_world_size
+from pcpretrain.train.engine import build_accelerator, launched_world_size
 from pcpretrain.train.errors import CheckpointError, NonFiniteLossError
 from pcpretrain.train.preemption import Preemption, StopSignals
 from pcpretrain.train.state import TrainState
@@ -247,12 +255,15 @@ def build_pc_step(cfg: TrainConfig, model: nn.Module, accelerator: Accelerator) 
 
 
 def uses_per_step_pc(cfg: TrainConfig) -> bool:
-    """The per-step PC path, wherever it is exact; engines that shard parameters use the per-forward one."""
+    """The per-step PC path (single, ddp, fsdp); DeepSpeed's ZeRO engines apply the optimizer step inside
+    the last backward, before the per-step transform could deliver its gradients, so they keep the
+    per-forward one."""
     if cfg.pc.degree == 0 or cfg.pc.transform_every != "step":
         return False
-    if cfg.distributed.engine in SHARDED_ENGINES:
+    if cfg.distributed.engine in ZERO_ENGINES:
         log.info(
-            "distributed=%s shards parameters: the PC transform runs in every forward", cfg.distributed.engine
+            "distributed=%s steps inside DeepSpeed's backward: the PC transform runs in every forward",
+            cfg.distributed.engine,
         )
         return False
     return True

@@ -8,28 +8,13 @@ one collective per rank and stack. Everything here is a no-op for unsharded para
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch.distributed.tensor import DTensor, Shard
-
-
-@contextlib.contextmanager
-def full_view(param: Tensor) -> Iterator[Tensor]:
-    """The whole tensor behind ``param``, for reading only; a collective call under FSDP2 and ZeRO-3."""
-    if isinstance(param, DTensor):
-        yield full_tensor(param)
-    elif hasattr(param, "ds_id"):
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
-            yield param.data
-    else:
-        yield param
 
 
 def full_tensor(tensor: Tensor) -> Tensor:
@@ -39,19 +24,6 @@ def full_tensor(tensor: Tensor) -> Tensor:
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-@torch.no_grad()
-def broadcast_from_main(tensors: Sequence[Tensor]) -> None:
-    """Make ``tensors`` equal to rank 0's on every rank, in one collective (flattened)."""
-    if not tensors or not is_distributed():
-        return
-    flat = torch.cat([t.reshape(-1) for t in tensors])
-    dist.broadcast(flat, src=0)
-    offset = 0
-    for tensor in tensors:
-        tensor.copy_(flat[offset : offset + tensor.numel()].view_as(tensor))
-        offset += tensor.numel()
 
 
 def local_like(param: Tensor, full: Tensor) -> Tensor:
@@ -98,9 +70,10 @@ def _gather_dtensor_stack(params: Sequence[Tensor]) -> Tensor:
     for index, param in enumerate(params):
         shard = param.to_local().detach()
         local[index, : shard.shape[0]] = shard
-    gathered = local.new_empty((world, *local.shape))
+    gathered = local.new_empty((world * len(params), *local.shape[1:]))
     dist.all_gather_into_tensor(gathered, local, group=mesh.get_group())
-    return gathered.transpose(0, 1).reshape(len(params), world * chunk, *rest)[:, :rows]
+    whole = gathered.view(world, *local.shape).transpose(0, 1).reshape(len(params), world * chunk, *rest)
+    return whole[:, :rows]
 
 
 def broadcast_slices(stack: Tensor, bounds: Sequence[tuple[int, int]]) -> None:

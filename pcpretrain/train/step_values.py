@@ -65,7 +65,8 @@ class StepValueMonitor:
         if step_bad:
             raise NonFiniteLossError(
                 f"non-finite values at step {int(step_bad)}: loss={loss_bad}, grad_norm={norm_bad}; "
-                "the optimizer skipped that step and no checkpoint was written after the last good one"
+                "the optimizer step was not taken (skipped on the device) and no checkpoint was written "
+                "after the last good one"
             )
         self._read = StepValues(loss, grad_norm, dict(zip(extra or {}, flat[6:], strict=True)))
         return self._read

@@ -24,7 +24,7 @@ from pcpretrain.model import build_model
 from pcpretrain.optim import build_optimizer
 from pcpretrain.train.checkpoint_weights import DistributedCheckpointWeights, layer_groups
 from pcpretrain.train.loss import causal_lm_loss
-from pcpretrain.train.sharding import broadcast_from_main, full_tensor, full_view, local_like
+from pcpretrain.train.sharding import full_tensor, local_like
 
 VOCAB = 96
 MODEL = ModelConfig(hidden_size=32, intermediate_size=80, num_layers=2, num_heads=4, max_seq_len=64)
@@ -64,19 +64,26 @@ def _compare_with_unsharded(rank: int, out: Path) -> None:
     reference_optimizer = build_optimizer(
         reference, OptimizerConfig(name="muon", ns_dtype="float32", lr=0.02)
     )
+    # The per-step PC path: W_eff by slices of each shape's stack, gradients back as each rank's shard.
+    pc_step, reference_step = pc.PCStep(model), pc.PCStep(reference)
     losses = []
     for step in range(3):
         # The same windows on both ranks: FSDP's averaged gradient equals the unsharded one.
+        pc_step.begin()
+        reference_step.begin()
         loss, reference_loss = causal_lm_loss(model, windows(step)), causal_lm_loss(reference, windows(step))
         loss.backward()
         reference_loss.backward()
+        pc_step.finish()
+        reference_step.finish()
+        gamma_grad = model.model.layers[0].mlp.up_proj.pc_gamma.grad
+        assert isinstance(gamma_grad, DTensor) and isinstance(weight.grad, DTensor)
         losses.append((loss.item(), reference_loss.item()))
         for opt in (optimizer, reference_optimizer):
             opt.step()
             opt.zero_grad()
-        pc.update_spectral_estimates(model, full_view)
-        pc.update_spectral_estimates(reference)
-        broadcast_from_main([b for _, m in pc.pc_modules(model) for b in (m.pc_u, m.pc_v)])
+        pc_step.update_spectral()
+        reference_step.update_spectral()
 
     sharded_params = {name: full_tensor(p) for name, p in model.named_parameters()}
     buffers = {name: b.clone() for name, b in model.named_buffers() if ".pc_" in name}
@@ -87,7 +94,10 @@ def _compare_with_unsharded(rank: int, out: Path) -> None:
             "reference_params": {name: p.detach() for name, p in reference.named_parameters()},
             "buffers": buffers,
             "reference_buffers": {name: b for name, b in reference.named_buffers() if ".pc_" in name},
-            "stats": (pc.pc_statistics(model, full_view), pc.pc_statistics(reference)),
+            "stats": tuple(
+                {key: float(value) for key, value in step.statistics().items()}
+                for step in (pc_step, reference_step)
+            ),
             "local_like_roundtrip": torch.equal(
                 local_like(weight, full_tensor(weight)).to_local(), weight.to_local()
             ),

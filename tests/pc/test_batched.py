@@ -1,0 +1,73 @@
+"""Stacked (batched) PC maths equals the same maths applied one matrix at a time, in float64."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pc_reference import F64, SHAPES, rand, unit
+
+from pcpretrain.pc.polynomial import polynomial_map, polynomial_map_vjp
+from pcpretrain.pc.spectral import power_iteration_, spectral_norm_estimate
+from pcpretrain.pc.transform import effective_weight, effective_weight_vjp
+
+BATCH = 3
+
+
+def stack(shape: tuple[int, int], seed: int) -> dict[str, torch.Tensor]:
+    """A stack of matrices with their own gammas and unit u, v, as a shape group holds them."""
+    m, n = shape
+    return {
+        "weight": torch.stack([rand(m, n, seed=seed + i) for i in range(BATCH)]),
+        "gamma": torch.stack([torch.tensor([0.8 + 0.1 * i], dtype=F64) for i in range(BATCH)]),
+        "u": torch.stack([unit(m, seed + 10 + i) for i in range(BATCH)]),
+        "v": torch.stack([unit(n, seed + 20 + i) for i in range(BATCH)]),
+        "grad": torch.stack([rand(m, n, seed=seed + 30 + i) for i in range(BATCH)]),
+    }
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("degree", [0, 1, 2, 3, 4])
+def test_batched_polynomial_and_its_vjp_equal_the_per_matrix_ones(shape, degree) -> None:
+    s = stack(shape, seed=1)
+    x, grad = s["weight"] / 4, s["grad"]
+    batched = polynomial_map(x, degree)
+    dx, inner = polynomial_map_vjp(x, grad, degree)
+    assert inner.shape == (BATCH,)
+    for i in range(BATCH):
+        torch.testing.assert_close(batched[i], polynomial_map(x[i], degree), rtol=1e-10, atol=1e-12)
+        dx_i, inner_i = polynomial_map_vjp(x[i], grad[i], degree)
+        torch.testing.assert_close(dx[i], dx_i, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(inner[i], inner_i, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("degree", [1, 2, 3, 4])
+def test_batched_effective_weight_and_vjp_equal_the_per_matrix_ones(shape, degree) -> None:
+    s = stack(shape, seed=2)
+    w, gamma, u, v, grad = s["weight"], s["gamma"], s["u"], s["v"], s["grad"]
+    batched = effective_weight(w, gamma, u, v, degree)
+    grad_w, grad_gamma = effective_weight_vjp(w, gamma, u, v, degree, grad)
+    assert grad_gamma.shape == gamma.shape
+    for i in range(BATCH):
+        torch.testing.assert_close(
+            batched[i], effective_weight(w[i], gamma[i], u[i], v[i], degree), rtol=1e-10, atol=1e-12
+        )
+        grad_w_i, grad_gamma_i = effective_weight_vjp(w[i], gamma[i], u[i], v[i], degree, grad[i])
+        torch.testing.assert_close(grad_w[i], grad_w_i, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(grad_gamma[i], grad_gamma_i, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_batched_power_iteration_equals_the_per_matrix_one(shape) -> None:
+    s = stack(shape, seed=3)
+    u, v = s["u"].clone(), s["v"].clone()
+    power_iteration_(s["weight"], u, v, iters=10)
+    sigma = spectral_norm_estimate(s["weight"], u, v)
+    for i in range(BATCH):
+        u_i, v_i = s["u"][i].clone(), s["v"][i].clone()
+        power_iteration_(s["weight"][i], u_i, v_i, iters=10)
+        torch.testing.assert_close(u[i], u_i, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(v[i], v_i, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(
+            sigma[i], spectral_norm_estimate(s["weight"][i], u_i, v_i), rtol=1e-10, atol=0
+        )

@@ -1,0 +1,179 @@
+"""What one optimizer step costs the host: kernel launches that do not grow with depth, no waiting.
+
+PC and Muon work on stacks of same-shaped matrices, so their operator count must be the same for a
+4-layer and an 8-layer model; and a step whose values nobody logs must not read anything back from
+the device (each read makes the host wait for the device to finish).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import torch
+from helpers import compose_config
+from torch.profiler import ProfilerActivity, profile
+
+from pcpretrain.train.callbacks.base import Callback
+from pcpretrain.train.engine import build_accelerator
+from pcpretrain.train.run import build_training_parts
+from pcpretrain.train.state import TrainState
+from pcpretrain.train.trainer import Trainer
+
+VOCAB = 256
+# Operators that only create views or aliases (no kernel runs).
+VIEW_OPS = {
+    "aten::alias",
+    "aten::as_strided",
+    "aten::detach",
+    "aten::expand",
+    "aten::lift_fresh",
+    "aten::reshape",
+    "aten::select",
+    "aten::slice",
+    "aten::squeeze",
+    "aten::t",
+    "aten::transpose",
+    "aten::unbind",
+    "aten::unsqueeze",
+    "aten::view",
+}
+
+
+class RandomSteps:
+    """Two micro-batches of random windows per step."""
+
+    def __init__(self, seq_len: int) -> None:
+        self.generator = torch.Generator().manual_seed(0)
+        self.seq_len = seq_len
+
+    def next_step(self) -> list[torch.Tensor]:
+        return [torch.randint(0, VOCAB, (2, self.seq_len + 1), generator=self.generator) for _ in range(2)]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+
+def make_trainer(layers: int, *overrides: str, callbacks: list[Callback] | None = None) -> Trainer:
+    cfg = compose_config(
+        "model=debug",
+        f"model.num_layers={layers}",
+        "model.hidden_size=64",
+        "model.intermediate_size=128",
+        f"model.vocab_size={VOCAB}",
+        "data.seq_len=16",
+        "trainer.batch_size=4",
+        "trainer.micro_batch_size=2",
+        "distributed=single",
+        *overrides,
+    )
+    accelerator = build_accelerator(cfg)
+    torch.manual_seed(0)
+    parts = build_training_parts(cfg, accelerator, VOCAB)
+    return Trainer(
+        accelerator=accelerator,
+        model=parts.model,
+        optimizer=parts.optimizer,
+        scheduler=parts.scheduler,
+        train_batches=RandomSteps(cfg.data.seq_len),
+        state=TrainState(),
+        max_steps=10,
+        pc_step=parts.pc_step,
+        callbacks=callbacks or [],
+    )
+
+
+def kernel_ops(run: Callable[[], None]) -> Counter:
+    """Operators ``run`` launches, by name, view operators left out."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    names = [event.name for event in prof.events() if event.name.startswith("aten::")]
+    return Counter(name for name in names if name not in VIEW_OPS)
+
+
+def phase_ops(layers: int, *overrides: str) -> dict[str, Counter]:
+    """Operators of the PC phases and of the optimizer step, after one warm-up step."""
+    trainer = make_trainer(layers, *overrides)
+    trainer.train_step()
+    pc_step, model = trainer.pc_step, trainer.model
+    counts = {"pc_begin": kernel_ops(pc_step.begin)}
+    for windows in trainer.train_batches.next_step():
+        model(input_ids=windows[:, :-1], targets=windows[:, 1:], loss_chunk_tokens=64).loss.backward()
+    counts["pc_finish"] = kernel_ops(pc_step.finish)
+    counts["optimizer"] = kernel_ops(trainer.optimizer.step)
+    counts["pc_power_iteration"] = kernel_ops(pc_step.update_spectral)
+    return counts
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_pc_and_optimizer_operator_counts_do_not_grow_with_depth(optimizer: str) -> None:
+    overrides = ("pc.degree=4", f"optimizer={optimizer}")
+    shallow, deep = phase_ops(4, *overrides), phase_ops(8, *overrides)
+    for phase, counts in shallow.items():
+        assert sum(counts.values()) > 0, phase
+        # Anything done per layer adds at least 4 operators (8 layers against 4). The CPU kernels of cat
+        # and fill pick an implementation by size, which may add or drop an operator once per shape
+        # group (3 groups here).
+        growth = sum(deep[phase].values()) - sum(counts.values())
+        assert abs(growth) <= 3, (phase, deep[phase] - counts, counts - deep[phase])
+
+
+@contextmanager
+def host_reads() -> Iterator[list[str]]:
+    """Record every call that copies a tensor's value to the host."""
+    calls: list[str] = []
+    originals = {name: getattr(torch.Tensor, name) for name in ("item", "tolist", "cpu", "__float__")}
+
+    def recording(name: str) -> Callable[..., Any]:
+        def method(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            calls.append(name)
+            return originals[name](self, *args, **kwargs)
+
+        return method
+
+    for name in originals:
+        setattr(torch.Tensor, name, recording(name))
+    try:
+        yield calls
+    finally:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, original)
+
+
+class LogsEvery(Callback):
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.records: list[dict[str, Any]] = []
+
+    def needs_step_values(self, trainer: Trainer) -> bool:
+        return trainer.state.step % self.every == 0
+
+    def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        self.records.append(metrics)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_a_step_nobody_logs_reads_nothing_from_the_device_and_a_logged_one_reads_once(optimizer: str) -> None:
+    logger = LogsEvery(3)
+    trainer = make_trainer(2, "pc.degree=4", f"optimizer={optimizer}", callbacks=[logger])
+    trainer.last_step = 3
+    trainer.fit()  # warm-up: lazily created state, first log
+    trainer.last_step = 6
+    reads_per_step = []
+    original_step = trainer.train_step
+
+    def counted_step() -> None:
+        with host_reads() as calls:
+            original_step()
+        reads_per_step.append(len(calls))
+
+    trainer.train_step = counted_step
+    with host_reads() as all_calls:
+        trainer.fit()
+    assert reads_per_step == [0, 0, 0]
+    assert all_calls == ["tolist"]  # step 6's values, with the PC statistics, in one transfer
+    assert [r["step"] for r in logger.records if "loss" in r] == [3, 6]
+    assert "pc/gamma_mean" in logger.records[-1]
