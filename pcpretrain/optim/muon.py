@@ -1,15 +1,21 @@
 """One optimizer for the whole model: Muon for hidden matrices, AdamW for every other parameter.
 
-Each param group says which rule it follows with ``use_muon``. The per-parameter maths lives in plain
-functions (:func:`muon_update`, :func:`apply_muon_update`, :func:`adamw_update`) so that a data-parallel
-subclass can orthogonalise only its share of the matrices, all-gather the results and apply them with
-the same code, overriding :meth:`Muon._muon_group_step` alone.
+Each param group says which rule it follows with ``use_muon``. A group's parameters are updated in
+batches, never one by one: Muon stacks the matrices of one (shape, dtype, device) and runs a single
+batched Newton–Schulz chain on the stack, and both rules do their elementwise work with multi-tensor
+``torch._foreach_*`` kernels, so the kernels launched per step grow with the number of distinct
+shapes, not with the number of matrices. The price is memory: a whole batch's directions and its
+Newton–Schulz intermediates exist at once. State stays per parameter (``momentum_buffer``; AdamW's
+``step``, ``exp_avg``, ``exp_avg_sq``), so checkpoints do not depend on the batching.
+
+A data-parallel subclass changes where Newton–Schulz runs by overriding :meth:`Muon._batch_updates`
+(and :meth:`Muon._local` for sharded parameters); the momentum step and the update stay here.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -43,51 +49,80 @@ def adjusted_lr(lr: float, shape: Sequence[int], mode: str) -> float:
     raise ValueError(f"unknown lr_adjust {mode!r}; choose one of {list(LR_ADJUSTMENTS)}")
 
 
-def nesterov_direction(grad: Tensor, buf: Tensor, group: dict[str, Any]) -> Tensor:
-    """Momentum step into ``buf`` (in place); the Nesterov (or plain momentum) direction to orthogonalise."""
-    momentum = group["momentum"]
-    buf.mul_(momentum).add_(grad)
-    return grad.add(buf, alpha=momentum) if group["nesterov"] else buf
+def batches(params: Iterable[Tensor], key: Callable[[Tensor], Hashable]) -> list[list[Tensor]]:
+    """The parameters that have a gradient, grouped by ``key`` in first-seen order.
+
+    The order depends only on the parameter list, so every data-parallel rank forms the same batches.
+    """
+    grouped: dict[Hashable, list[Tensor]] = {}
+    for p in params:
+        if p.grad is not None:
+            grouped.setdefault(key(p), []).append(p)
+    return list(grouped.values())
 
 
-def orthogonalized_update(direction: Tensor, group: dict[str, Any]) -> Tensor:
-    """Newton–Schulz of the direction seen as a matrix, in its own shape, not yet scaled by any lr.
+def momentum_step(grads: list[Tensor], bufs: list[Tensor], momentum: float) -> None:
+    """``buf <- momentum * buf + grad`` for every buffer, in two multi-tensor kernels."""
+    torch._foreach_mul_(bufs, momentum)
+    torch._foreach_add_(bufs, grads)
 
-    This is the expensive part, the one a data-parallel rank computes for its share of the matrices.
+
+def stacked_directions(grads: list[Tensor], bufs: list[Tensor], group: dict[str, Any]) -> Tensor:
+    """The Nesterov (or plain momentum) directions, stacked into one ``(B, *shape)`` tensor."""
+    directions = torch._foreach_add(grads, bufs, alpha=group["momentum"]) if group["nesterov"] else bufs
+    return torch.stack(directions)
+
+
+def orthogonalize_stack(stack: Tensor, group: dict[str, Any]) -> Tensor:
+    """Newton–Schulz of every matrix of a ``(B, *shape)`` stack in one batched chain, not yet scaled by lr.
+
+    Each ``shape`` is seen as the matrix :func:`matrix_shape` gives; this is the expensive part, the one
+    a data-parallel rank runs on its slice of the stack only.
     """
     ortho = orthogonalize(
-        direction.reshape(matrix_shape(direction.shape)),
+        stack.reshape(stack.shape[0], *matrix_shape(stack.shape[1:])),
         steps=group["ns_steps"],
         coefficients=group["coefficients"],
         dtype=NS_DTYPES[group["ns_dtype"]],
     )
-    return ortho.reshape(direction.shape)
+    return ortho.reshape(stack.shape)
 
 
-def muon_update(grad: Tensor, buf: Tensor, group: dict[str, Any]) -> Tensor:
-    """Momentum step into ``buf`` (in place), then the orthogonalised update in ``grad``'s shape."""
-    return orthogonalized_update(nesterov_direction(grad, buf, group), group)
+def apply_muon_updates(
+    params: list[Tensor], updates: Tensor, group: dict[str, Any], shape: Sequence[int]
+) -> None:
+    """Decoupled weight decay with the group lr, then the step along ``-updates[i]`` for ``params[i]``.
 
-
-def apply_muon_update(param: Tensor, update: Tensor, group: dict[str, Any]) -> None:
-    """Decoupled weight decay with the group lr, then the shape-adjusted step along ``-update``."""
+    ``shape`` is the matrices' full shape, which sets the lr adjustment even when ``params`` are shards.
+    """
     lr = group["lr"]
-    param.mul_(1.0 - lr * group["weight_decay"])
-    param.add_(update.to(param.dtype), alpha=-adjusted_lr(lr, param.shape, group["lr_adjust"]))
+    torch._foreach_mul_(params, 1.0 - lr * group["weight_decay"])
+    steps = updates.to(params[0].dtype).unbind(0)
+    torch._foreach_add_(params, steps, alpha=-adjusted_lr(lr, shape, group["lr_adjust"]))
 
 
-def adamw_update(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
-    """One bias-corrected AdamW step with decoupled weight decay, as ``torch.optim.AdamW`` computes it."""
+def adamw_step(
+    params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]], group: dict[str, Any]
+) -> None:
+    """One bias-corrected AdamW step with decoupled weight decay, as ``torch.optim.AdamW`` computes it.
+
+    The same operations, in the same order, as its single-tensor form, each over the whole batch.
+    """
     beta1, beta2 = group["betas"]
     lr = group["lr"]
-    state["step"] += 1
-    step = float(state["step"])
-    exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-    param.mul_(1.0 - lr * group["weight_decay"])
-    exp_avg.lerp_(grad, 1.0 - beta1)
-    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-    denom = (exp_avg_sq.sqrt() / math.sqrt(1.0 - beta2**step)).add_(group["eps"])
-    param.addcdiv_(exp_avg, denom, value=-lr / (1.0 - beta1**step))
+    counters = [state["step"] for state in states]
+    exp_avgs = [state["exp_avg"] for state in states]
+    exp_avg_sqs = [state["exp_avg_sq"] for state in states]
+    torch._foreach_add_(counters, 1)
+    steps = torch.stack(counters).tolist()
+    torch._foreach_mul_(params, 1.0 - lr * group["weight_decay"])
+    torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
+    denoms = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_div_(denoms, [math.sqrt(1.0 - beta2**step) for step in steps])
+    torch._foreach_add_(denoms, group["eps"])
+    torch._foreach_addcdiv_(params, exp_avgs, denoms, [-lr / (1.0 - beta1**step) for step in steps])
 
 
 def _param_names(group: dict[str, Any]) -> list[str]:
@@ -165,7 +200,7 @@ class Muon(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
-        """Update every group with its own rule; a thin loop so subclasses can replace the Muon part."""
+        """Update every group with its own rule."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -178,16 +213,32 @@ class Muon(torch.optim.Optimizer):
         return loss
 
     def _muon_group_step(self, group: dict[str, Any]) -> None:
-        """Orthogonalise and apply each matrix's update locally (the single-device case)."""
-        for p in group["params"]:
-            if p.grad is not None:
-                apply_muon_update(p, muon_update(p.grad, self._momentum_buffer(p), group), group)
+        """Momentum, one Newton–Schulz chain and the update per batch of same-shape matrices."""
+        for params in batches(group["params"], self._batch_key):
+            grads = [self._local(p.grad) for p in params]
+            bufs = [self._local(self._momentum_buffer(p)) for p in params]
+            momentum_step(grads, bufs, group["momentum"])
+            updates = self._batch_updates(params, grads, bufs, group)
+            apply_muon_updates([self._local(p) for p in params], updates, group, params[0].shape)
+
+    def _batch_key(self, p: Tensor) -> Hashable:
+        """What matrices must share to be stacked into one Newton–Schulz batch."""
+        return tuple(p.shape), p.dtype, p.device
+
+    def _local(self, tensor: Tensor) -> Tensor:
+        """The tensor the kernels work on: the tensor itself here, a subclass may give a local shard."""
+        return tensor
+
+    def _batch_updates(
+        self, params: list[Tensor], grads: list[Tensor], bufs: list[Tensor], group: dict[str, Any]
+    ) -> Tensor:
+        """The batch's orthogonalised updates, stacked and laid out like ``grads``: one chain here."""
+        return orthogonalize_stack(stacked_directions(grads, bufs, group), group)
 
     def _adamw_group_step(self, group: dict[str, Any]) -> None:
-        """Plain AdamW over the group's parameters."""
-        for p in group["params"]:
-            if p.grad is not None:
-                adamw_update(p, p.grad, self._adamw_state(p), group)
+        """AdamW over the group, one batch per dtype and device so the multi-tensor kernels apply."""
+        for params in batches(group["params"], lambda p: (p.dtype, p.device)):
+            adamw_step(params, [p.grad for p in params], [self._adamw_state(p) for p in params], group)
 
     def _momentum_buffer(self, p: Tensor) -> Tensor:
         """The parameter's momentum buffer, created as zeros in its dtype on first use."""

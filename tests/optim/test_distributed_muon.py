@@ -1,62 +1,171 @@
-"""Data-parallel Muon over 2 CPU processes (gloo) equals one process, bit for bit."""
+"""Batched Muon over 2 CPU processes (gloo) equals one process, bit for bit, and launches per depth.
+
+Both data-parallel layouts are covered: replicated parameters (DDP) and ``DTensor`` row shards
+(FSDP2's layout, built here with ``distribute_tensor``). The shapes are mixed, batches are uneven
+(3 matrices of one shape over 2 ranks, a shape with a single matrix so one rank has nothing to
+orthogonalise) and so are the shards (5 rows over 2 ranks, a single row so one shard is empty).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch import nn
+from torch import Tensor, nn
+from torch.autograd.profiler_util import FunctionEvent
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+from torch.profiler import ProfilerActivity, profile
 
 from pcpretrain.optim.distributed_muon import DistributedMuon
 from pcpretrain.optim.muon import Muon
 
 STEPS = 3
+NS_DTYPES = ("float32", "bfloat16")
+LAYOUTS = ("replicated", "sharded")
+DEPTHS = (4, 8)
+SHAPES = {
+    "in": (40, 24),
+    "mid0": (40, 40),
+    "mid1": (40, 40),
+    "mid2": (40, 40),
+    "out": (16, 40),
+    "kernel0": (6, 4, 5),
+    "kernel1": (6, 4, 5),
+    "odd": (5, 7),
+    "row": (1, 16),
+    "bias": (40,),
+    "gain": (16,),
+}
+
+Layout = Callable[[Tensor], Tensor]
 
 
-def make_model() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(24, 40), nn.Linear(40, 40), nn.Linear(40, 16), nn.LayerNorm(16))
+def plain(tensor: Tensor) -> Tensor:
+    return tensor
 
 
-def param_groups(model: nn.Module) -> list[dict]:
-    matrices = [p for p in model.parameters() if p.ndim == 2]
-    others = [p for p in model.parameters() if p.ndim < 2]
-    return [
-        {"params": matrices, "use_muon": True, "lr": 0.02, "weight_decay": 0.1},
-        {"params": others, "use_muon": False, "lr": 1e-3, "weight_decay": 0.0},
+def mixed_params() -> dict[str, Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    return {name: torch.randn(shape, generator=gen) * 0.1 for name, shape in SHAPES.items()}
+
+
+def layer_params(depth: int) -> dict[str, Tensor]:
+    """``depth`` layers of two matrix shapes and a bias: the batches, not their sizes, are fixed."""
+    shapes = {}
+    for layer in range(depth):
+        shapes.update({f"up{layer}": (32, 16), f"down{layer}": (16, 32), f"bias{layer}": (32,)})
+    gen = torch.Generator().manual_seed(0)
+    return {name: torch.randn(shape, generator=gen) * 0.1 for name, shape in shapes.items()}
+
+
+def make_optimizer(
+    optimizer_class: type[Muon], start: dict[str, Tensor], layout: Layout, ns_dtype: str
+) -> tuple[dict[str, nn.Parameter], Muon]:
+    params = {name: nn.Parameter(layout(t.clone())) for name, t in start.items()}
+    groups = [
+        {"params": [p for p in params.values() if p.ndim >= 2], "use_muon": True, "lr": 0.02},
+        {"params": [p for p in params.values() if p.ndim < 2], "use_muon": False, "lr": 1e-3},
     ]
+    return params, optimizer_class(groups, weight_decay=0.1, ns_dtype=ns_dtype)
 
 
-def train(optimizer_class: type[Muon]) -> list[torch.Tensor]:
-    """The same gradients on every rank, as data parallelism leaves them after the all-reduce."""
-    model = make_model()
-    optimizer = optimizer_class(param_groups(model), ns_dtype="float32")
+def set_grads(params: dict[str, nn.Parameter], layout: Layout, step: int) -> None:
+    """The same gradients on every rank, as data parallelism leaves them after the reduction."""
+    gen = torch.Generator().manual_seed(100 + step)
+    for p in params.values():
+        p.grad = layout(torch.randn(p.shape, generator=gen))
+
+
+def train(optimizer_class: type[Muon], layout: Layout, ns_dtype: str) -> list[Tensor]:
+    params, optimizer = make_optimizer(optimizer_class, mixed_params(), layout, ns_dtype)
     for step in range(STEPS):
-        generator = torch.Generator().manual_seed(100 + step)
-        for p in model.parameters():
-            p.grad = torch.randn(p.shape, generator=generator)
+        set_grads(params, layout, step)
         optimizer.step()
-    return [p.detach().clone() for p in model.parameters()]
+    return [p.full_tensor() if isinstance(p, DTensor) else p.detach().clone() for p in params.values()]
+
+
+def top_level(event: FunctionEvent) -> bool:
+    """No aten op above it: a foreach op counts once even where the CPU runs it tensor by tensor."""
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name.startswith("aten::"):
+            return False
+        parent = parent.cpu_parent
+    return True
+
+
+def aten_ops_per_step(optimizer_class: type[Muon], depth: int, layout: Layout) -> int:
+    """The aten ops of a step after the first (which creates the state, one tensor at a time)."""
+    params, optimizer = make_optimizer(optimizer_class, layer_params(depth), layout, "float32")
+    set_grads(params, layout, 0)
+    optimizer.step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        optimizer.step()
+    return sum(1 for e in prof.events() if e.name.startswith("aten::") and top_level(e))
 
 
 def worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.set_num_threads(1)
     try:
-        torch.save(train(DistributedMuon), Path(out_dir) / f"rank{rank}.pt")
+        mesh = init_device_mesh("cpu", (world,))
+
+        def sharded(tensor: Tensor) -> Tensor:
+            return distribute_tensor(tensor, mesh, [Shard(0)], src_data_rank=None)
+
+        layouts = {"replicated": plain, "sharded": sharded}
+        results = {
+            (name, ns_dtype): train(DistributedMuon, layout, ns_dtype)
+            for name, layout in layouts.items()
+            for ns_dtype in NS_DTYPES
+        }
+        ops = {
+            (name, depth): aten_ops_per_step(DistributedMuon, depth, layout)
+            for name, layout in layouts.items()
+            for depth in DEPTHS
+        }
+        torch.save({"results": results, "ops": ops}, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def test_two_processes_give_the_single_process_parameters(tmp_path: Path) -> None:
-    mp.start_processes(worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, start_method="fork")
-    single = train(Muon)
-    for rank in range(2):
-        distributed = torch.load(tmp_path / f"rank{rank}.pt")
-        assert all(torch.equal(a, b) for a, b in zip(distributed, single, strict=True))
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    out = tmp_path_factory.mktemp("distributed_muon")
+    mp.start_processes(worker, args=(2, str(out / "init"), str(out)), nprocs=2, start_method="fork")
+    return [torch.load(out / f"rank{rank}.pt") for rank in range(2)]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("ns_dtype", NS_DTYPES)
+def test_two_processes_give_the_single_process_parameters(
+    two_ranks: list[dict], layout: str, ns_dtype: str
+) -> None:
+    single = train(Muon, plain, ns_dtype)
+    for rank in two_ranks:
+        distributed = rank["results"][(layout, ns_dtype)]
+        for name, a, b in zip(SHAPES, distributed, single, strict=True):
+            assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_distributed_step_launches_do_not_grow_with_depth(two_ranks: list[dict], layout: str) -> None:
+    for rank in two_ranks:
+        assert rank["ops"][(layout, 4)] == rank["ops"][(layout, 8)]
+
+
+@pytest.mark.parametrize("optimizer_class", [Muon, DistributedMuon])
+def test_step_launches_do_not_grow_with_depth(optimizer_class: type[Muon]) -> None:
+    shallow, deep = (aten_ops_per_step(optimizer_class, depth, plain) for depth in DEPTHS)
+    assert shallow == deep
 
 
 def test_without_a_process_group_it_is_plain_muon() -> None:
-    assert all(torch.equal(a, b) for a, b in zip(train(DistributedMuon), train(Muon), strict=True))
+    for ns_dtype in NS_DTYPES:
+        distributed, single = train(DistributedMuon, plain, ns_dtype), train(Muon, plain, ns_dtype)
+        assert all(torch.equal(a, b) for a, b in zip(distributed, single, strict=True))

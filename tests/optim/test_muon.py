@@ -1,4 +1,4 @@
-"""Muon steps against an independent float64 recomputation, AdamW groups against torch's AdamW."""
+"""Muon steps against independent float64 recomputations, one matrix at a time; AdamW against torch's."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from pcpretrain.optim.muon import LR_ADJUSTMENTS, Muon, adjusted_lr
+from pcpretrain.optim.muon import LR_ADJUSTMENTS, NS_DTYPES, Muon, adjusted_lr
+from pcpretrain.optim.newton_schulz import COEFFICIENT_SETS, orthogonalize
 
 LR, MUON_WD, MOMENTUM = 0.05, 0.1, 0.95
 ADAM_LR, ADAM_WD, BETAS, EPS = 3e-3, 0.05, (0.9, 0.95), 1e-8
@@ -209,3 +210,106 @@ def test_groups_must_declare_their_rule_and_valid_options() -> None:
     for bad in ({"lr_adjust": "mup"}, {"ns_dtype": "float16"}, {"coefficients": "cubic"}, {"ns_steps": 0}):
         with pytest.raises(ValueError):
             Muon([{"params": weight, "use_muon": True, **bad}])
+
+
+# Several matrices of each shape (tall, wide, square, conv-like 3-D, a single row), in two Muon groups
+# with different settings; "tall1" never gets a gradient. The batches are cut by shape, not by group
+# order, so the matrices of one shape are deliberately not adjacent.
+MIXED_A = {
+    "tall0": (40, 24),
+    "wide0": (16, 40),
+    "tall1": (40, 24),
+    "conv0": (6, 4, 5),
+    "tall2": (40, 24),
+    "wide1": (16, 40),
+    "conv1": (6, 4, 5),
+}
+MIXED_B = {"square0": (24, 24), "row": (1, 16), "square1": (24, 24)}
+GROUP_B = {"lr": 0.03, "weight_decay": 0.0, "momentum": 0.9, "ns_steps": 7, "lr_adjust": "spectral_mup"}
+
+
+@pytest.fixture
+def float64_iteration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Newton–Schulz in float64 (tests only), so batching is compared with no rounding of its own."""
+    monkeypatch.setitem(NS_DTYPES, "float64", torch.float64)
+
+
+def per_matrix_reference(start: Tensor, grads: list[Tensor], group: dict) -> Tensor:
+    """The documented rule, one matrix at a time: momentum, (Nesterov) direction, Newton–Schulz of the
+    direction as a (rows, prod(rest)) matrix, decoupled weight decay, step scaled by the adjusted lr."""
+    lr, momentum = group["lr"], group["momentum"]
+    rows, cols = start.shape[0], math.prod(start.shape[1:])
+    weight, buf = start.clone(), torch.zeros_like(start)
+    for grad in grads:
+        buf = momentum * buf + grad
+        direction = grad + momentum * buf if group["nesterov"] else buf
+        ortho = orthogonalize(
+            direction.reshape(rows, cols),
+            steps=group["ns_steps"],
+            coefficients=group["coefficients"],
+            dtype=torch.float64,
+        ).reshape(start.shape)
+        step = adjusted_lr(lr, start.shape, group["lr_adjust"])
+        weight = weight * (1.0 - lr * group["weight_decay"]) - step * ortho
+    return weight
+
+
+@pytest.mark.usefixtures("float64_iteration")
+@pytest.mark.parametrize("nesterov", [True, False])
+@pytest.mark.parametrize("coefficients", sorted(COEFFICIENT_SETS))
+def test_batched_steps_equal_a_per_matrix_reference_in_float64(coefficients: str, nesterov: bool) -> None:
+    gen = torch.Generator().manual_seed(0)
+    shapes = {**MIXED_A, **MIXED_B}
+    start = {name: torch.randn(shape, generator=gen, dtype=torch.float64) for name, shape in shapes.items()}
+    params = {name: nn.Parameter(t.clone()) for name, t in start.items()}
+    opt = Muon(
+        [
+            {"params": [params[n] for n in MIXED_A], "use_muon": True},
+            {"params": [params[n] for n in MIXED_B], "use_muon": True, **GROUP_B},
+        ],
+        lr=LR,
+        weight_decay=MUON_WD,
+        momentum=MOMENTUM,
+        nesterov=nesterov,
+        coefficients=coefficients,
+        ns_dtype="float64",
+    )
+    grads = [
+        {n: torch.randn(shape, generator=gen, dtype=torch.float64) for n, shape in shapes.items()}
+        for _ in range(3)
+    ]
+    for step_grads in grads:
+        for name, p in params.items():
+            p.grad = None if name == "tall1" else step_grads[name].clone()
+        opt.step()
+
+    assert torch.equal(params["tall1"], start["tall1"]) and params["tall1"] not in opt.state
+    for group, names in zip(opt.param_groups, (MIXED_A, MIXED_B), strict=True):
+        for name in names:
+            if name == "tall1":
+                continue
+            expected = per_matrix_reference(start[name], [g[name] for g in grads], group)
+            torch.testing.assert_close(params[name].detach(), expected, rtol=0, atol=1e-10, msg=name)
+            assert set(opt.state[params[name]]) == {"momentum_buffer"}
+
+
+def test_adamw_groups_are_bit_identical_to_single_tensor_adamw() -> None:
+    """Batched over mixed shapes, with one parameter skipping a step so the step counts differ."""
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(10, 12), (12,), (3, 4, 5), (7,)]
+    params = [nn.Parameter(torch.randn(shape, generator=gen)) for shape in shapes]
+    twins = [nn.Parameter(p.detach().clone()) for p in params]
+    settings = dict(lr=ADAM_LR, betas=BETAS, eps=EPS, weight_decay=ADAM_WD)
+    opt = Muon([{"params": params, "use_muon": False}], **settings)
+    reference = torch.optim.AdamW(twins, foreach=False, **settings)
+    for step in range(4):
+        for index, (p, twin) in enumerate(zip(params, twins, strict=True)):
+            grad = torch.randn(p.shape, generator=gen)
+            p.grad, twin.grad = (None, None) if (step, index) == (1, 1) else (grad, grad.clone())
+        opt.step()
+        reference.step()
+    for p, twin in zip(params, twins, strict=True):
+        assert torch.equal(p, twin)
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(opt.state[p][key], reference.state[twin][key]), key
+    assert [float(opt.state[p]["step"]) for p in params] == [4.0, 3.0, 4.0, 4.0]
