@@ -233,7 +233,7 @@ class DistributedConfig:
     """How the processes started by the launcher share the work; the process count is the launcher's.
 
     ``engine``: ``single`` (one process), ``ddp`` (replicated weights, all-reduced gradients),
-    ``fsdp`` (FSDP2: parameters, gradients and optimizer state sharded per decoder layer; CUDA only),
+    ``fsdp`` (FSDP2: parameters, gradients and optimizer state sharded per decoder layer; GPU or CPU),
     ``zero1``/``zero2``/``zero3`` (DeepSpeed ZeRO: optimizer state / + gradients / + parameters
     partitioned). Weights stay fp32 and gradients are reduced in fp32 under every engine; bf16 is
     autocast compute. ``stop_signals`` make every rank stop at an agreed step, checkpoint and exit

@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
+from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import (
     DeepSpeedPlugin,
+    DistributedType,
     FullyShardedDataParallelPlugin,
     InitProcessGroupKwargs,
     TorchDynamoPlugin,
@@ -78,11 +79,6 @@ def build_accelerator(cfg: TrainConfig) -> Accelerator:
     group_kwargs: dict[str, Any] = {"timeout": timedelta(seconds=cfg.distributed.timeout_s)}
     engine_kwargs: dict[str, Any] = {}
     if engine == "fsdp":
-        if device != "cuda":
-            raise ConfigError(
-                "distributed=fsdp needs CUDA devices (accelerate runs FSDP2 on GPUs only); "
-                "on CPU use distributed=ddp, zero1, zero2 or zero3"
-            )
         ensure_launcher_env()
         engine_kwargs["fsdp_plugin"] = fsdp_plugin(cfg.distributed)
     elif engine in ZERO_ENGINES:
@@ -93,12 +89,12 @@ def build_accelerator(cfg: TrainConfig) -> Accelerator:
         if device == "cpu":
             # accelerate only picks a backend for DeepSpeed on accelerators; gloo serves CPUs.
             group_kwargs["backend"] = "gloo"
-    else:
-        os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)
-    # The state is a process-wide singleton that refuses a second precision; a sweep runs its points
-    # in one process, so each run starts from a fresh one (the process group, if any, is kept).
-    AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(
+    forget_other_engines(engine)
+    # The state is a process-wide singleton that refuses a second precision and keeps the last run's
+    # engine; a sweep runs its points in one process, so each run starts from a fresh one. The process
+    # group, if any, is kept: accelerate creates one only when none is initialized.
+    AcceleratorState._reset_state(reset_partial_state=True)
+    accelerator = Accelerator(
         cpu=device == "cpu" and engine not in ZERO_ENGINES,
         # DeepSpeed applies autocast itself (``torch_autocast`` in its config).
         mixed_precision="bf16" if precision == "bf16" and engine not in ZERO_ENGINES else "no",
@@ -111,6 +107,37 @@ def build_accelerator(cfg: TrainConfig) -> Accelerator:
         kwargs_handlers=[InitProcessGroupKwargs(**group_kwargs)],
         **engine_kwargs,
     )
+    if engine == "fsdp":
+        use_fsdp2(accelerator, engine_kwargs["fsdp_plugin"])
+    return accelerator
+
+
+def use_fsdp2(accelerator: Accelerator, plugin: FullyShardedDataParallelPlugin) -> None:
+    """Put the accelerator on accelerate's FSDP2 path on every device, CPU (gloo) included.
+
+    ``AcceleratorState`` turns a run into FSDP only when it starts from a GPU-like distributed type
+    (``MULTI_GPU``, ``MULTI_XPU``...): on CPU (``MULTI_CPU``) it drops the plugin without a word and
+    trains with DDP, although torch's ``fully_shard`` works there with gloo. No public option changes
+    that, so the two state attributes are set here as ``AcceleratorState`` sets them on GPUs (where
+    this repeats its assignment), including the copy in ``PartialState`` that every later
+    ``AcceleratorState()`` (optimizer wrappers, collectives) reads back.
+    """
+    accelerator.state.fsdp_plugin = plugin
+    accelerator.state.distributed_type = DistributedType.FSDP
+    PartialState().distributed_type = DistributedType.FSDP
+
+
+def forget_other_engines(engine: str, environ: MutableMapping[str, str] = os.environ) -> None:
+    """Clear the engine flags that a previous run in this process left for accelerate.
+
+    accelerate sets ``ACCELERATE_USE_DEEPSPEED`` or ``ACCELERATE_USE_FSDP`` when given a plugin and
+    reads them back when building the next accelerator; in an in-process sweep they would otherwise
+    choose the next run's engine (on GPUs a ddp run after an fsdp one would get a default FSDP plugin).
+    """
+    if engine not in ZERO_ENGINES:
+        environ.pop("ACCELERATE_USE_DEEPSPEED", None)
+    if engine != "fsdp":
+        environ.pop("ACCELERATE_USE_FSDP", None)
 
 
 def ensure_launcher_env(environ: MutableMapping[str, str] = os.environ) -> None:

@@ -17,6 +17,7 @@ from pcpretrain.config import TrainerConfig
 from pcpretrain.pc import PCStep
 from pcpretrain.train.callbacks.base import Callback
 from pcpretrain.train.loss import causal_lm_loss
+from pcpretrain.train.sharding import full_tensor
 from pcpretrain.train.state import TrainState
 from pcpretrain.train.step_values import StepValueMonitor, check_finite_now
 
@@ -160,7 +161,7 @@ class Trainer:
     def _clip_gradients(self) -> Tensor:
         """Clip to ``grad_clip`` (0: no clipping) and return the total norm, as a device tensor."""
         max_norm = self.grad_clip if self.grad_clip > 0 else float("inf")
-        return self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
+        return full_tensor(self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm))
 
     def _optimizer_step(self, loss: Tensor, grad_norm: Tensor) -> None:
         """The optimizer step, skipped on the device when the loss or gradient norm is not finite."""

@@ -10,6 +10,7 @@ from pcpretrain.train.engine import (
     build_accelerator,
     deepspeed_config,
     ensure_launcher_env,
+    forget_other_engines,
     fsdp_plugin,
     gradient_accumulation_steps,
     resolve_compile,
@@ -64,11 +65,14 @@ def test_fsdp_plugin_shards_decoder_layers_with_fp32_parameters_and_reduction() 
     assert plugin.mixed_precision_policy.reduce_dtype == torch.float32
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")
-def test_fsdp_without_a_gpu_is_a_clear_error() -> None:
-    cfg = TrainConfig(trainer=TrainerConfig(device="cpu"), distributed=DistributedConfig(engine="fsdp"))
-    with pytest.raises(ConfigError, match="distributed=fsdp needs CUDA devices"):
-        build_accelerator(cfg)
+@pytest.mark.parametrize(
+    ("engine", "kept"),
+    [("ddp", set()), ("fsdp", {"ACCELERATE_USE_FSDP"}), ("zero3", {"ACCELERATE_USE_DEEPSPEED"})],
+)
+def test_a_previous_run_s_engine_flag_does_not_choose_the_next_engine(engine: str, kept: set[str]) -> None:
+    environ = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_USE_FSDP": "true"}
+    forget_other_engines(engine, environ)
+    assert environ.keys() == kept
 
 
 def test_a_process_without_launcher_gets_one_process_launch_variables() -> None:
