@@ -14,11 +14,16 @@ from torch import Tensor
 from pcpretrain.pc.layers import PCLinear
 
 
+def full_shape(weight: Tensor) -> tuple[int, ...]:
+    """The whole tensor's shape, also for a ZeRO-3 partition (whose own ``shape`` is a placeholder)."""
+    return tuple(getattr(weight, "ds_shape", weight.shape))
+
+
 def shape_groups(modules: Sequence[PCLinear]) -> list[list[PCLinear]]:
     """Layers with the same weight shape, dtype, degree and power-iteration count, in model order."""
     groups: dict[tuple, list[PCLinear]] = {}
     for mod in modules:
-        key = (tuple(mod.weight.shape), mod.weight.dtype, mod.degree, mod.power_iters)
+        key = (full_shape(mod.weight), mod.weight.dtype, mod.degree, mod.power_iters)
         groups.setdefault(key, []).append(mod)
     return list(groups.values())
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from pcpretrain.pc.groups import owner_bounds, shape_groups, stack_buffers, unstack_into
+from pcpretrain.pc.groups import full_shape, owner_bounds, shape_groups, stack_buffers, unstack_into
 from pcpretrain.pc.layers import PCLinear
 from pcpretrain.pc.precision import compute_dtype, cuda_tf32
 from pcpretrain.pc.spectral import power_iteration_, spectral_norm_estimate
@@ -74,10 +74,9 @@ class _Group:
         return stack_buffers(self.modules, "pc_u"), stack_buffers(self.modules, "pc_v")
 
     def stack_like(self, dtype: torch.dtype) -> Tensor:
-        weight = self.modules[0].weight
-        return torch.empty(
-            (len(self.modules), *weight.shape), dtype=dtype, device=self.modules[0].pc_u.device
-        )
+        first = self.modules[0]
+        shape = (len(self.modules), *full_shape(first.weight))
+        return torch.empty(shape, dtype=dtype, device=first.pc_u.device)
 
 
 class PCStep:
