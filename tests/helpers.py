@@ -216,3 +216,14 @@ def assert_export_matches(run_dir: Path, single: Path, out: Path) -> None:
         torch.testing.assert_close(tensor, during_training[name], rtol=0, atol=1e-6)
         # A few AdamW steps amplify reduction-order differences where the second moment is tiny.
         torch.testing.assert_close(tensor, one_process[name], rtol=1e-3, atol=1e-4)
+
+
+def is_top_level_op(event) -> bool:
+    """No aten operator above this profiler event: a multi-tensor (``_foreach_*``, fused) operator counts
+    once, although on CPUs it runs one child operator per tensor where a GPU launches one kernel."""
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name.startswith("aten::"):
+            return False
+        parent = parent.cpu_parent
+    return True

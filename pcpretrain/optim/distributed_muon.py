@@ -31,14 +31,7 @@ from torch import Tensor
 from torch.distributed.tensor import DTensor, Placement, Shard
 
 from pcpretrain.optim.muon import NS_DTYPES, Muon, orthogonalize_stack, stacked_directions
-from pcpretrain.train.sharding import is_distributed
-
-
-def rank_span(total: int, rank: int, world: int) -> tuple[int, int]:
-    """The contiguous slice ``[start, end)`` of ``total`` items rank ``rank`` owns (``torch.chunk`` cuts)."""
-    per_rank = -(-total // world)
-    start = min(rank * per_rank, total)
-    return start, min(start + per_rank, total)
+from pcpretrain.train.sharding import is_distributed, slice_bounds
 
 
 def wire_dtype(dtype: torch.dtype, group: dict[str, Any]) -> torch.dtype:
@@ -48,7 +41,7 @@ def wire_dtype(dtype: torch.dtype, group: dict[str, Any]) -> torch.dtype:
 
 
 def all_gather_slices(mine: Tensor, total: int) -> Tensor:
-    """Every rank's :func:`rank_span` slice of a stack of ``total``, on every rank: one padded all-gather."""
+    """Every rank's :func:`slice_bounds` slice of a stack of ``total``, on every rank (one all-gather)."""
     world = dist.get_world_size()
     padded = mine.new_empty((-(-total // world), *mine.shape[1:]))
     padded[: mine.shape[0]] = mine
@@ -111,7 +104,7 @@ class DistributedMuon(Muon):
 
     def _replicated_updates(self, grads: list[Tensor], bufs: list[Tensor], group: dict[str, Any]) -> Tensor:
         """Directions and Newton–Schulz for this rank's slice only, then one all-gather of the results."""
-        start, end = rank_span(len(grads), dist.get_rank(), dist.get_world_size())
+        start, end = slice_bounds(len(grads), dist.get_world_size())[dist.get_rank()]
         if end > start:
             mine = orthogonalize_stack(stacked_directions(grads[start:end], bufs[start:end], group), group)
         else:

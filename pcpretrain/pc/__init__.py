@@ -8,11 +8,11 @@
 - :mod:`~pcpretrain.pc.merge`: folding W_eff back into plain weights.
 """
 
-from pcpretrain.pc.layers import PCLinear
+from pcpretrain.pc.layers import PCLinear, pc_modules
 from pcpretrain.pc.merge import merge_state_dict
 from pcpretrain.pc.polynomial import PC_COEFFICIENTS, check_degree, polynomial_map, precondition
 from pcpretrain.pc.step import PCStep, ddp_ignored_names
-from pcpretrain.pc.surgery import DEFAULT_TARGETS, apply_pc, pc_modules, update_spectral_estimates
+from pcpretrain.pc.surgery import DEFAULT_TARGETS, apply_pc
 from pcpretrain.pc.transform import effective_weight, effective_weight_vjp
 
 __all__ = [
@@ -29,5 +29,4 @@ __all__ = [
     "pc_modules",
     "polynomial_map",
     "precondition",
-    "update_spectral_estimates",
 ]

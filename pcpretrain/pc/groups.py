@@ -28,12 +28,6 @@ def shape_groups(modules: Sequence[PCLinear]) -> list[list[PCLinear]]:
     return list(groups.values())
 
 
-def owner_bounds(count: int, world: int) -> list[tuple[int, int]]:
-    """Contiguous, near-equal slices ``[start, end)`` of a stack of ``count`` matrices, one per rank."""
-    edges = [count * rank // world for rank in range(world + 1)]
-    return list(zip(edges[:-1], edges[1:], strict=True))
-
-
 def stack_buffers(group: Sequence[PCLinear], name: str) -> Tensor:
     """The group's ``pc_u`` or ``pc_v`` buffers as one ``(B, len)`` stack (a copy)."""
     return torch.stack([getattr(mod, name) for mod in group])

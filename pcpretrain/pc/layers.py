@@ -105,3 +105,8 @@ class PCLinear(nn.Linear):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, degree={self.degree}, power_iters={self.power_iters}"
+
+
+def pc_modules(model: nn.Module) -> list[tuple[str, PCLinear]]:
+    """The PC layers of ``model`` with their names, in module order."""
+    return [(name, mod) for name, mod in model.named_modules() if isinstance(mod, PCLinear)]

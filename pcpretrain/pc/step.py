@@ -18,14 +18,15 @@ u and v; each gets its own shard of the gradients where the engine shards parame
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
-from pcpretrain.pc.groups import full_shape, owner_bounds, shape_groups, stack_buffers, unstack_into
-from pcpretrain.pc.layers import PCLinear
+from pcpretrain.pc.groups import full_shape, shape_groups, stack_buffers, unstack_into
+from pcpretrain.pc.layers import PCLinear, pc_modules
 from pcpretrain.pc.precision import compute_dtype, cuda_tf32
 from pcpretrain.pc.spectral import power_iteration_, spectral_norm_estimate
-from pcpretrain.pc.surgery import pc_modules
 from pcpretrain.pc.transform import effective_weight, effective_weight_vjp
 from pcpretrain.train.sharding import (
     broadcast_slices,
@@ -33,6 +34,7 @@ from pcpretrain.train.sharding import (
     local_like,
     rank_and_world,
     reduce_slices,
+    slice_bounds,
 )
 
 
@@ -54,7 +56,7 @@ class _Group:
 
     def __init__(self, modules: list[PCLinear], rank: int, world: int) -> None:
         self.modules = modules
-        self.bounds = owner_bounds(len(modules), world)
+        self.bounds = slice_bounds(len(modules), world)
         self.start, self.end = self.bounds[rank]
         self.grad_sum: Tensor | None = None
         self.sigma: Tensor | None = None
@@ -85,7 +87,8 @@ class PCStep:
     ``per_step=False`` keeps W_eff in every forward (the reference way); the power iteration still runs
     here. ``forward_dtype``: the dtype the forward's matmuls run in (bf16 under autocast), in which W_eff
     is kept; ``None`` keeps the weights' dtype. ``tf32``: whether the transform's float32 matmuls may
-    use TF32 on CUDA (``pc.tf32``).
+    use TF32 on CUDA (``pc.tf32``). ``split=False`` does all the work in this process, for models that
+    are not (yet) shared with other ranks.
     """
 
     def __init__(
@@ -95,93 +98,92 @@ class PCStep:
         per_step: bool = True,
         forward_dtype: torch.dtype | None = None,
         tf32: bool = True,
+        split: bool = True,
     ) -> None:
-        rank, world = rank_and_world()
+        rank, world = rank_and_world() if split else (0, 1)
         self.groups = [_Group(g, rank, world) for g in shape_groups([m for _, m in pc_modules(model)])]
         self.per_step = per_step and bool(self.groups)
         self.forward_dtype = forward_dtype
         self.world = world
         self.tf32 = tf32
 
-    @torch.no_grad()
     def begin(self) -> None:
         """Compute every layer's W_eff for the coming step; micro-batches then share it."""
-        if not self.per_step:
-            return
+        if self.per_step:
+            self._for_each_group(self._begin_group)
+
+    def finish(self) -> None:
+        """One backward through every transform: the summed dL/dW_eff into the weights' and gammas'
+        ``.grad`` (this rank's shard of them where the engine shards parameters)."""
+        if self.per_step:
+            self._for_each_group(self._finish_group)
+
+    def update_spectral(self) -> None:
+        """Warm-started power iteration of every PC layer, after each optimizer step (not per forward)."""
+        self._for_each_group(self._update_spectral_group)
+
+    @torch.no_grad()
+    def _for_each_group(self, phase: Callable[[_Group], None]) -> None:
         with cuda_tf32(self.tf32):
             for group in self.groups:
-                self._begin_group(group)
+                phase(group)
 
     def _begin_group(self, group: _Group) -> None:
         first = group.modules[0]
         dtype = self.forward_dtype or first.weight.dtype
-        weights = group.weights()
+        weights, gammas = group.weights(), group.gammas()  # collectives every rank joins when sharded
         stack = group.stack_like(dtype)
         if group.owns_any:
             u, v = group.buffers()
             rows = slice(group.start, group.end)
-            stack[rows] = effective_weight(weights, group.gammas(), u[rows], v[rows], first.degree)
+            stack[rows] = effective_weight(weights, gammas, u[rows], v[rows], first.degree)
         del weights
         broadcast_slices(stack, group.bounds)
         group.grad_sum = torch.zeros_like(stack, dtype=compute_dtype(dtype))
         for mod, weight, grad_sum in zip(group.modules, stack, group.grad_sum, strict=True):
             mod.begin_step(weight, grad_sum)
 
-    @torch.no_grad()
-    def finish(self) -> None:
-        """One backward through every transform: the summed dL/dW_eff into the weights' and gammas'
-        ``.grad`` (this rank's shard of them where the engine shards parameters)."""
-        if not self.per_step:
-            return
-        with cuda_tf32(self.tf32):
-            for group in self.groups:
-                self._finish_group(group)
-
     def _finish_group(self, group: _Group) -> None:
         for mod in group.modules:
             mod.take_step_grad()
         grads, group.grad_sum = group.grad_sum, None
         reduce_slices(grads, group.bounds)
-        gammas = torch.empty((len(group.modules), 1), dtype=grads.dtype, device=grads.device)
+        weights, gammas = group.weights(), group.gammas()  # collectives every rank joins when sharded
+        grad_gammas = torch.empty((len(group.modules), 1), dtype=grads.dtype, device=grads.device)
         if group.owns_any:
             rows = slice(group.start, group.end)
             u, v = group.buffers()
             grad_weight, grad_gamma = effective_weight_vjp(
-                group.weights(),
-                group.gammas(),
+                weights,
+                gammas,
                 u[rows],
                 v[rows],
                 group.modules[0].degree,
                 grads[rows].div_(self.world) if self.world > 1 else grads[rows],
             )
             grads[rows] = grad_weight
-            gammas[rows] = grad_gamma
-        else:
-            group.weights(), group.gammas()  # collectives every rank joins where the engine shards
+            grad_gammas[rows] = grad_gamma
+        del weights
         broadcast_slices(grads, group.bounds)
-        broadcast_slices(gammas, group.bounds)
-        for mod, grad_weight, grad_gamma in zip(group.modules, grads, gammas, strict=True):
+        broadcast_slices(grad_gammas, group.bounds)
+        for mod, grad_weight, grad_gamma in zip(group.modules, grads, grad_gammas, strict=True):
             _add_grad(mod.weight, grad_weight)
             _add_grad(mod.pc_gamma, grad_gamma)
 
-    @torch.no_grad()
-    def update_spectral(self) -> None:
-        """Warm-started power iteration of every PC layer, after each optimizer step (not per forward)."""
-        with cuda_tf32(self.tf32):
-            for group in self.groups:
-                weights = group.weights()
-                u, v = group.buffers()
-                sigma = torch.empty(len(group.modules), dtype=u.dtype, device=u.device)
-                if group.owns_any:
-                    rows = slice(group.start, group.end)
-                    power_iteration_(weights, u[rows], v[rows], group.modules[0].power_iters)
-                    sigma[rows] = spectral_norm_estimate(weights.to(u.dtype), u[rows], v[rows])
-                del weights
-                for stack in (u, v, sigma):
-                    broadcast_slices(stack, group.bounds)
-                unstack_into(u, group.modules, "pc_u")
-                unstack_into(v, group.modules, "pc_v")
-                group.sigma = sigma
+    def _update_spectral_group(self, group: _Group) -> None:
+        weights = group.weights()
+        u, v = group.buffers()
+        sigma = torch.empty(len(group.modules), dtype=u.dtype, device=u.device)
+        if group.owns_any:
+            rows = slice(group.start, group.end)
+            power_iteration_(weights, u[rows], v[rows], group.modules[0].power_iters)
+            sigma[rows] = spectral_norm_estimate(weights.to(u.dtype), u[rows], v[rows])
+        del weights
+        for stack in (u, v, sigma):
+            broadcast_slices(stack, group.bounds)
+        unstack_into(u, group.modules, "pc_u")
+        unstack_into(v, group.modules, "pc_v")
+        group.sigma = sigma
 
     @torch.no_grad()
     def statistics(self) -> dict[str, Tensor]:

@@ -8,10 +8,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from pcpretrain.pc.groups import shape_groups, stack_buffers, unstack_into
-from pcpretrain.pc.layers import PCLinear
+from pcpretrain.pc.layers import PCLinear, pc_modules
 from pcpretrain.pc.polynomial import check_degree
-from pcpretrain.pc.spectral import power_iteration_
+from pcpretrain.pc.step import PCStep
 
 DEFAULT_TARGETS: tuple[str, ...] = (
     "*.mlp.gate_proj",
@@ -19,10 +18,6 @@ DEFAULT_TARGETS: tuple[str, ...] = (
     "*.mlp.down_proj",
     "*.self_attn.o_proj",
 )
-
-
-def pc_modules(model: nn.Module) -> list[tuple[str, PCLinear]]:
-    return [(name, mod) for name, mod in model.named_modules() if isinstance(mod, PCLinear)]
 
 
 def apply_pc(
@@ -54,15 +49,6 @@ def apply_pc(
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         setattr(parent, attr, PCLinear.from_linear(getattr(parent, attr), degree, power_iters, generator))
-    update_spectral_estimates(model)  # the "once before training" power iteration
+    # The "once before training" power iteration; every rank builds the same model, so each runs it.
+    PCStep(model, per_step=False, split=False).update_spectral()
     return names
-
-
-@torch.no_grad()
-def update_spectral_estimates(model: nn.Module) -> None:
-    """Refresh u, v of every PC layer of an unsharded model in this process, one stack per shape."""
-    for group in shape_groups([mod for _, mod in pc_modules(model)]):
-        u, v = stack_buffers(group, "pc_u"), stack_buffers(group, "pc_v")
-        power_iteration_(torch.stack([mod.weight for mod in group]), u, v, group[0].power_iters)
-        unstack_into(u, group, "pc_u")
-        unstack_into(v, group, "pc_v")

@@ -9,7 +9,7 @@ one collective per rank and stack. Everything here is a no-op for unsharded para
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -76,28 +76,32 @@ def _gather_dtensor_stack(params: Sequence[Tensor]) -> Tensor:
     return whole[:, :rows]
 
 
+def slice_bounds(count: int, world: int) -> list[tuple[int, int]]:
+    """Contiguous slices ``[start, end)`` of a stack of ``count``, one per rank, cut as ``torch.chunk``
+    cuts: ``ceil(count / world)`` each, so the last ranks may get fewer or none (the busiest rank has
+    as much as under any split)."""
+    per_rank = -(-count // world)
+    return [(min(rank * per_rank, count), min((rank + 1) * per_rank, count)) for rank in range(world)]
+
+
 def broadcast_slices(stack: Tensor, bounds: Sequence[tuple[int, int]]) -> None:
     """Rank ``r`` holds the rows ``bounds[r]`` of ``stack``; afterwards every rank holds all of them."""
-    if not is_distributed():
-        return
-    handles = [
-        dist.broadcast(stack[start:end], src=rank, async_op=True)
-        for rank, (start, end) in enumerate(bounds)
-        if end > start
-    ]
-    for handle in handles:
-        handle.wait()
+    _per_owner(stack, bounds, lambda part, rank: dist.broadcast(part, src=rank, async_op=True))
 
 
 def reduce_slices(stack: Tensor, bounds: Sequence[tuple[int, int]]) -> None:
     """Sum ``stack`` over ranks, each slice ``bounds[r]`` only onto rank ``r`` (others keep partial sums)."""
-    if not is_distributed():
+    _per_owner(stack, bounds, lambda part, rank: dist.reduce(part, dst=rank, async_op=True))
+
+
+def _per_owner(
+    stack: Tensor, bounds: Sequence[tuple[int, int]], collective: Callable[[Tensor, int], dist.Work]
+) -> None:
+    """``collective(slice, owner)`` for every rank's non-empty slice, all in flight at once (nothing to
+    share when one process holds every slice)."""
+    if len(bounds) == 1:
         return
-    handles = [
-        dist.reduce(stack[start:end], dst=rank, async_op=True)
-        for rank, (start, end) in enumerate(bounds)
-        if end > start
-    ]
+    handles = [collective(stack[start:end], rank) for rank, (start, end) in enumerate(bounds) if end > start]
     for handle in handles:
         handle.wait()
 

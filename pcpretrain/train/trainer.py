@@ -127,11 +127,10 @@ class Trainer:
         loss = self._micro_batches(micro_batches)
         if self.pc_step is not None:
             self.pc_step.finish()
-        if self.engine_steps_in_backward:
-            grad_norm = self._engine_grad_norm(loss)
-        else:
-            grad_norm = self._clip_gradients()
-            self._optimizer_step(loss, grad_norm)
+        grad_norm = self._engine_grad_norm(loss) if self.engine_steps_in_backward else self._clip_gradients()
+        nonfinite = StepValueMonitor.nonfinite(loss, grad_norm)
+        if not self.engine_steps_in_backward:
+            self._optimizer_step(loss, grad_norm, nonfinite)
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.pc_step is not None:
@@ -140,7 +139,7 @@ class Trainer:
         self.state.tokens += (
             sum(w.size(0) * (w.size(1) - 1) for w in micro_batches) * self.accelerator.num_processes
         )
-        self.step_values.record(self.state.step, loss, grad_norm, StepValueMonitor.nonfinite(loss, grad_norm))
+        self.step_values.record(self.state.step, loss, grad_norm, nonfinite)
 
     def _micro_batches(self, micro_batches: list[Tensor]) -> Tensor:
         """Forward and backward of every micro-batch; returns the step's mean loss over all ranks."""
@@ -163,9 +162,8 @@ class Trainer:
         max_norm = self.grad_clip if self.grad_clip > 0 else float("inf")
         return full_tensor(self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm))
 
-    def _optimizer_step(self, loss: Tensor, grad_norm: Tensor) -> None:
+    def _optimizer_step(self, loss: Tensor, grad_norm: Tensor, nonfinite: Tensor) -> None:
         """The optimizer step, skipped on the device when the loss or gradient norm is not finite."""
-        nonfinite = StepValueMonitor.nonfinite(loss, grad_norm)
         if skips_nonfinite_on_device(self._torch_optimizer):
             self._torch_optimizer.found_inf = nonfinite
         else:

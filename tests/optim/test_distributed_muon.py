@@ -15,8 +15,8 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import is_top_level_op
 from torch import Tensor, nn
-from torch.autograd.profiler_util import FunctionEvent
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 from torch.profiler import ProfilerActivity, profile
@@ -89,16 +89,6 @@ def train(optimizer_class: type[Muon], layout: Layout, ns_dtype: str) -> list[Te
     return [p.full_tensor() if isinstance(p, DTensor) else p.detach().clone() for p in params.values()]
 
 
-def top_level(event: FunctionEvent) -> bool:
-    """No aten op above it: a foreach op counts once even where the CPU runs it tensor by tensor."""
-    parent = event.cpu_parent
-    while parent is not None:
-        if parent.name.startswith("aten::"):
-            return False
-        parent = parent.cpu_parent
-    return True
-
-
 def aten_ops_per_step(optimizer_class: type[Muon], depth: int, layout: Layout) -> int:
     """The aten ops of a step after the first (which creates the state, one tensor at a time)."""
     params, optimizer = make_optimizer(optimizer_class, layer_params(depth), layout, "float32")
@@ -106,7 +96,7 @@ def aten_ops_per_step(optimizer_class: type[Muon], depth: int, layout: Layout) -
     optimizer.step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         optimizer.step()
-    return sum(1 for e in prof.events() if e.name.startswith("aten::") and top_level(e))
+    return sum(1 for e in prof.events() if e.name.startswith("aten::") and is_top_level_op(e))
 
 
 def worker(rank: int, world: int, init_file: str, out_dir: str) -> None:

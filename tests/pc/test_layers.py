@@ -20,7 +20,6 @@ from pcpretrain.pc import (
     pc_modules,
     polynomial_map,
     precondition,
-    update_spectral_estimates,
 )
 
 
@@ -127,7 +126,6 @@ def test_statistics_and_updates():
     model = tiny_llama()
     assert PCStep(model).statistics() == {}
     apply_pc(model, 4, power_iters=50)
-    update_spectral_estimates(model)
     step = PCStep(model)
     step.update_spectral()
     stats = {key: float(value) for key, value in step.statistics().items()}

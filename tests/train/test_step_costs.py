@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import compose_config
+from helpers import compose_config, is_top_level_op
 from torch.profiler import ProfilerActivity, profile
 
 from pcpretrain.optim import muon as muon_module
@@ -88,28 +88,13 @@ def make_trainer(layers: int, *overrides: str, callbacks: list[Callback] | None 
 
 
 def kernel_ops(run: Callable[[], None]) -> Counter:
-    """Top-level operators ``run`` calls, by name, view operators left out.
-
-    Only top-level ones: on CPUs a multi-tensor (``_foreach_*``, fused) operator runs one child operator
-    per tensor, where on GPUs it is one kernel launch for all of them.
-    """
+    """Top-level operators ``run`` calls, by name, view operators left out."""
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         run()
     names = [
-        event.name
-        for event in prof.events()
-        if event.name.startswith("aten::") and not _has_aten_parent(event)
+        event.name for event in prof.events() if event.name.startswith("aten::") and is_top_level_op(event)
     ]
     return Counter(name for name in names if name not in VIEW_OPS)
-
-
-def _has_aten_parent(event: Any) -> bool:
-    parent = event.cpu_parent
-    while parent is not None:
-        if parent.name.startswith("aten::"):
-            return True
-        parent = parent.cpu_parent
-    return False
 
 
 def phase_ops(layers: int, *overrides: str) -> dict[str, Counter]:
