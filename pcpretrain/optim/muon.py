@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim.adamw import adamw as fused_adamw
 
 from pcpretrain.optim.newton_schulz import coefficient_set, orthogonalize
 
@@ -61,9 +62,18 @@ def batches(params: Iterable[Tensor], key: Callable[[Tensor], Hashable]) -> list
     return list(grouped.values())
 
 
-def momentum_step(grads: list[Tensor], bufs: list[Tensor], momentum: float) -> None:
-    """``buf <- momentum * buf + grad`` for every buffer, in two multi-tensor kernels."""
-    torch._foreach_mul_(bufs, momentum)
+def finite_or_zero(grads: list[Tensor], found_inf: Tensor | None) -> list[Tensor]:
+    """The batch's gradients, or zeros where ``found_inf`` is 1 (one kernel, no host read), so that a
+    skipped step carries no NaN or infinity into any state."""
+    if found_inf is None:
+        return grads
+    return list(torch.where(found_inf.bool(), 0, torch.stack(grads)).unbind(0))
+
+
+def momentum_step(grads: list[Tensor], bufs: list[Tensor], momentum: float, found_inf: Tensor | None) -> None:
+    """``buf <- momentum * buf + grad`` for every buffer, in two multi-tensor kernels; buffers unchanged
+    where ``found_inf`` is 1 (its gradients are then zeros, see :func:`finite_or_zero`)."""
+    torch._foreach_mul_(bufs, momentum if found_inf is None else momentum + (1.0 - momentum) * found_inf)
     torch._foreach_add_(bufs, grads)
 
 
@@ -89,40 +99,55 @@ def orthogonalize_stack(stack: Tensor, group: dict[str, Any]) -> Tensor:
 
 
 def apply_muon_updates(
-    params: list[Tensor], updates: Tensor, group: dict[str, Any], shape: Sequence[int]
+    params: list[Tensor],
+    updates: Tensor,
+    group: dict[str, Any],
+    shape: Sequence[int],
+    found_inf: Tensor | None = None,
 ) -> None:
-    """Decoupled weight decay with the group lr, then the step along ``-updates[i]`` for ``params[i]``.
+    """Decoupled weight decay with the group lr, then the step along ``-updates[i]`` for ``params[i]``;
+    neither where ``found_inf`` is 1.
 
     ``shape`` is the matrices' full shape, which sets the lr adjustment even when ``params`` are shards.
     """
     lr = group["lr"]
-    torch._foreach_mul_(params, 1.0 - lr * group["weight_decay"])
-    steps = updates.to(params[0].dtype).unbind(0)
+    decay = lr * group["weight_decay"]
+    updates = updates.to(params[0].dtype)
+    if found_inf is not None:
+        keep = 1.0 - found_inf
+        decay, updates = decay * keep, updates * keep
+    torch._foreach_mul_(params, 1.0 - decay)
+    steps = updates.unbind(0)
     torch._foreach_add_(params, steps, alpha=-adjusted_lr(lr, shape, group["lr_adjust"]))
 
 
 def adamw_step(
-    params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]], group: dict[str, Any]
+    params: list[Tensor],
+    grads: list[Tensor],
+    states: list[dict[str, Any]],
+    group: dict[str, Any],
+    found_inf: Tensor | None = None,
 ) -> None:
-    """One bias-corrected AdamW step with decoupled weight decay, as ``torch.optim.AdamW`` computes it.
-
-    The same operations, in the same order, as its single-tensor form, each over the whole batch.
-    """
+    """torch's fused AdamW kernel over the batch: one launch, and a step skipped on the device where
+    ``found_inf`` is 1 (parameters, moments and step counters all left as they were)."""
     beta1, beta2 = group["betas"]
-    lr = group["lr"]
-    counters = [state["step"] for state in states]
-    exp_avgs = [state["exp_avg"] for state in states]
-    exp_avg_sqs = [state["exp_avg_sq"] for state in states]
-    torch._foreach_add_(counters, 1)
-    steps = torch.stack(counters).tolist()
-    torch._foreach_mul_(params, 1.0 - lr * group["weight_decay"])
-    torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
-    torch._foreach_mul_(exp_avg_sqs, beta2)
-    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
-    denoms = torch._foreach_sqrt(exp_avg_sqs)
-    torch._foreach_div_(denoms, [math.sqrt(1.0 - beta2**step) for step in steps])
-    torch._foreach_add_(denoms, group["eps"])
-    torch._foreach_addcdiv_(params, exp_avgs, denoms, [-lr / (1.0 - beta1**step) for step in steps])
+    fused_adamw(
+        params,
+        grads,
+        [state["exp_avg"] for state in states],
+        [state["exp_avg_sq"] for state in states],
+        [],
+        [state["step"] for state in states],
+        fused=True,
+        found_inf=found_inf,
+        amsgrad=False,
+        beta1=beta1,
+        beta2=beta2,
+        lr=group["lr"],
+        weight_decay=group["weight_decay"],
+        eps=group["eps"],
+        maximize=False,
+    )
 
 
 def _param_names(group: dict[str, Any]) -> list[str]:
@@ -154,7 +179,11 @@ class Muon(torch.optim.Optimizer):
     ``lr, momentum, nesterov, ns_steps, coefficients, ns_dtype, lr_adjust, weight_decay``; AdamW groups
     use ``lr, betas, eps, weight_decay``. Every group must say ``use_muon`` explicitly, so routing is
     always a visible decision. State: ``momentum_buffer`` (Muon); ``step``, ``exp_avg``,
-    ``exp_avg_sq`` (AdamW, laid out as in ``torch.optim.AdamW``).
+    ``exp_avg_sq`` (AdamW, laid out as in ``torch.optim.AdamW(fused=True)``, which runs them).
+
+    Like torch's fused optimizers, :meth:`step` honours a ``found_inf`` attribute (a 0-d float tensor on
+    the parameters' device): where it is 1 the step changes nothing, decided on the device, so the
+    host never has to wait for the gradients to know whether to step.
     """
 
     def __init__(
@@ -182,6 +211,9 @@ class Muon(torch.optim.Optimizer):
             lr_adjust=lr_adjust,
             betas=tuple(betas),
             eps=eps,
+            # The AdamW groups run torch's fused kernel: torch's state loading then keeps their step
+            # counters on the parameters' device, where that kernel needs them.
+            fused=True,
         )
         super().__init__(params, defaults)
 
@@ -205,21 +237,23 @@ class Muon(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        found_inf = getattr(self, "found_inf", None)
         for group in self.param_groups:
             if group["use_muon"]:
-                self._muon_group_step(group)
+                self._muon_group_step(group, found_inf)
             else:
-                self._adamw_group_step(group)
+                self._adamw_group_step(group, found_inf)
         return loss
 
-    def _muon_group_step(self, group: dict[str, Any]) -> None:
+    def _muon_group_step(self, group: dict[str, Any], found_inf: Tensor | None = None) -> None:
         """Momentum, one Newton–Schulz chain and the update per batch of same-shape matrices."""
         for params in batches(group["params"], self._batch_key):
-            grads = [self._local(p.grad) for p in params]
+            grads = finite_or_zero([self._local(p.grad) for p in params], found_inf)
             bufs = [self._local(self._momentum_buffer(p)) for p in params]
-            momentum_step(grads, bufs, group["momentum"])
+            momentum_step(grads, bufs, group["momentum"], found_inf)
             updates = self._batch_updates(params, grads, bufs, group)
-            apply_muon_updates([self._local(p) for p in params], updates, group, params[0].shape)
+            local_params = [self._local(p) for p in params]
+            apply_muon_updates(local_params, updates, group, params[0].shape, found_inf)
 
     def _batch_key(self, p: Tensor) -> Hashable:
         """What matrices must share to be stacked into one Newton–Schulz batch."""
@@ -235,10 +269,11 @@ class Muon(torch.optim.Optimizer):
         """The batch's orthogonalised updates, stacked and laid out like ``grads``: one chain here."""
         return orthogonalize_stack(stacked_directions(grads, bufs, group), group)
 
-    def _adamw_group_step(self, group: dict[str, Any]) -> None:
-        """AdamW over the group, one batch per dtype and device so the multi-tensor kernels apply."""
+    def _adamw_group_step(self, group: dict[str, Any], found_inf: Tensor | None = None) -> None:
+        """AdamW over the group, one batch per dtype and device so the fused kernel applies."""
         for params in batches(group["params"], lambda p: (p.dtype, p.device)):
-            adamw_step(params, [p.grad for p in params], [self._adamw_state(p) for p in params], group)
+            states = [self._adamw_state(p) for p in params]
+            adamw_step(params, [p.grad for p in params], states, group, found_inf)
 
     def _momentum_buffer(self, p: Tensor) -> Tensor:
         """The parameter's momentum buffer, created as zeros in its dtype on first use."""
@@ -248,10 +283,11 @@ class Muon(torch.optim.Optimizer):
         return state["momentum_buffer"]
 
     def _adamw_state(self, p: Tensor) -> dict[str, Any]:
-        """AdamW moments and a float32 step counter on the CPU, as ``torch.optim.AdamW`` keeps them."""
+        """AdamW moments and a float32 step counter on the parameter's device, as the fused
+        ``torch.optim.AdamW`` keeps them."""
         state = self.state[p]
         if "step" not in state:
-            state["step"] = torch.tensor(0.0, dtype=torch.float32)
+            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         return state

@@ -31,8 +31,8 @@ class StepBatches(Protocol):
 
 
 def skips_nonfinite_on_device(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether ``optimizer.step`` honours a ``found_inf`` tensor: torch's fused optimizers and ours."""
-    return bool(optimizer.defaults.get("fused")) or getattr(optimizer, "supports_found_inf", False)
+    """Whether ``optimizer.step`` honours a ``found_inf`` tensor: torch's fused optimizers and Muon."""
+    return bool(optimizer.defaults.get("fused"))
 
 
 class Trainer:

@@ -293,7 +293,7 @@ def test_batched_steps_equal_a_per_matrix_reference_in_float64(coefficients: str
             assert set(opt.state[params[name]]) == {"momentum_buffer"}
 
 
-def test_adamw_groups_are_bit_identical_to_single_tensor_adamw() -> None:
+def test_adamw_groups_are_bit_identical_to_torch_fused_adamw() -> None:
     """Batched over mixed shapes, with one parameter skipping a step so the step counts differ."""
     gen = torch.Generator().manual_seed(0)
     shapes = [(10, 12), (12,), (3, 4, 5), (7,)]
@@ -301,7 +301,7 @@ def test_adamw_groups_are_bit_identical_to_single_tensor_adamw() -> None:
     twins = [nn.Parameter(p.detach().clone()) for p in params]
     settings = dict(lr=ADAM_LR, betas=BETAS, eps=EPS, weight_decay=ADAM_WD)
     opt = Muon([{"params": params, "use_muon": False}], **settings)
-    reference = torch.optim.AdamW(twins, foreach=False, **settings)
+    reference = torch.optim.AdamW(twins, fused=True, **settings)
     for step in range(4):
         for index, (p, twin) in enumerate(zip(params, twins, strict=True)):
             grad = torch.randn(p.shape, generator=gen)
@@ -313,3 +313,32 @@ def test_adamw_groups_are_bit_identical_to_single_tensor_adamw() -> None:
         for key in ("exp_avg", "exp_avg_sq", "step"):
             assert torch.equal(opt.state[p][key], reference.state[twin][key]), key
     assert [float(opt.state[p]["step"]) for p in params] == [4.0, 3.0, 4.0, 4.0]
+
+
+def test_a_step_flagged_by_found_inf_changes_nothing_and_an_unflagged_one_is_a_plain_step() -> None:
+    """``found_inf`` (as torch's fused optimizers read it) skips the step on the device, NaN gradients
+    and all; with 0 the step is the one taken without the flag."""
+    flagged, plain = Tiny(), Tiny()
+    flagged_opt, plain_opt = make_optimizer(flagged), make_optimizer(plain)
+    for seed in (1, 2):  # two real steps first, so every state exists and is non-trivial
+        for model, opt in ((flagged, flagged_opt), (plain, plain_opt)):
+            set_grads(model, fixed_grads(model, seed))
+            opt.found_inf = torch.tensor(0.0) if opt is flagged_opt else None
+            opt.step()
+    for name, p in flagged.named_parameters():
+        torch.testing.assert_close(p, dict(plain.named_parameters())[name], rtol=1e-6, atol=1e-7)
+
+    before = {name: p.detach().clone() for name, p in flagged.named_parameters()}
+    states = {
+        name: {k: v.clone() for k, v in flagged_opt.state[p].items()}
+        for name, p in flagged.named_parameters()
+    }
+    set_grads(
+        flagged, {name: torch.full(g.shape, float("nan")) for name, g in fixed_grads(flagged, 3).items()}
+    )
+    flagged_opt.found_inf = torch.tensor(1.0)
+    flagged_opt.step()
+    for name, p in flagged.named_parameters():
+        assert torch.equal(p, before[name]), name
+        for key, value in flagged_opt.state[p].items():
+            assert torch.equal(value, states[name][key]), (name, key)

@@ -155,3 +155,32 @@ def test_resume_is_exact_with_muon_and_each_schedule(choice: str, tmp_path: Path
     run_training(tiny_config(tmp_path / "resumed", *common), tmp_path / "resumed")
     assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
     assert len(losses(tmp_path / "straight")) == 4
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_a_non_finite_step_between_logged_steps_is_skipped_and_stops_the_run_before_the_next_save(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, optimizer: str
+) -> None:
+    """Unlogged steps are not read on the host: the optimizer skips the bad step on the device, and the
+    read before the step-4 checkpoint finds it."""
+    real_loss = trainer_module.causal_lm_loss
+    calls = {"n": 0}
+
+    def loss_that_is_nan_at_step_3_only(model, windows, **kwargs):
+        calls["n"] += 1
+        loss = real_loss(model, windows, **kwargs)
+        return loss * float("nan") if 4 < calls["n"] <= 6 else loss  # 2 micro-batches per step
+
+    monkeypatch.setattr(trainer_module, "causal_lm_loss", loss_that_is_nan_at_step_3_only)
+    cfg = tiny_config(
+        tmp_path,
+        "trainer.max_steps=6",
+        "checkpoint.every=2",
+        "trainer.log_every=100",
+        f"optimizer={optimizer}",
+    )
+    with pytest.raises(NonFiniteLossError, match=r"step 3: loss=nan.*last good checkpoint: .*step_00000002"):
+        run_training(cfg, tmp_path)
+    assert calls["n"] == 8  # step 4 ran (from the weights step 3 left untouched), then its save read step 3
+    root = tmp_path / "checkpoints"
+    assert [p.name for p in root.iterdir()] == ["step_00000002"]
