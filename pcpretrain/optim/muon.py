@@ -286,6 +286,9 @@ class Muon(torch.optim.Optimizer):
         """AdamW moments and a float32 step counter on the parameter's device, as the fused
         ``torch.optim.AdamW`` keeps them."""
         state = self.state[p]
+        if "step" in state and state["step"].device != p.device:
+            # A checkpoint written before the fused kernel kept its counters on the CPU.
+            state["step"] = state["step"].to(p.device)
         if "step" not in state:
             state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
