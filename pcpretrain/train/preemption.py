@@ -2,8 +2,9 @@
 
 SLURM warns a job before its time limit (``--signal=USR1@<s>``) and sends SIGTERM before
 preempting it; ``scancel --signal`` and submitit (SIGUSR2) do the same. The handler only records
-the signal. After each step the ranks take the maximum of their flags in one all-reduce, so a signal
-seen by one rank alone still stops all of them at the same step; the checkpointing callback then
+the signal. After each step the ranks add up their flags in one all-reduce, so a signal seen by one
+rank alone still stops all of them at the same step (on the host, through a gloo group: agreeing on
+a flag must not make the host wait for the device's queued work); the checkpointing callback then
 writes the ``trainer.stop_at``-style checkpoint, and the process exits with
 :data:`PREEMPTED_EXIT_CODE` so the batch script (or submitit) requeues the job, which resumes from
 that checkpoint on its own (``resume=auto``).
@@ -19,8 +20,10 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import torch
+import torch.distributed as dist
 
 from pcpretrain.train.callbacks.base import Callback
+from pcpretrain.train.sharding import host_group, is_distributed
 
 if TYPE_CHECKING:
     from pcpretrain.train.trainer import Trainer
@@ -68,16 +71,28 @@ class Preemption(Callback):
     def __init__(self, stop_signals: StopSignals) -> None:
         self.stop_signals = stop_signals
         self.stopped_by: str | None = None
+        self.distributed = False
+        self.group: dist.ProcessGroup | None = None
 
     def on_train_start(self, trainer: Trainer) -> None:
         self.stop_signals.install()
+        self.distributed = is_distributed()
+        if self.distributed:
+            self.group = host_group()
 
     def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
-        flag = torch.tensor(float(self.stop_signals.received is not None), device=trainer.accelerator.device)
-        if trainer.accelerator.reduce(flag, reduction="sum").item() > 0 and not trainer.at_last_step:
+        if self._any_rank_signalled() and not trainer.at_last_step:
             self.stopped_by = self.stop_signals.received.name if self.stop_signals.received else "peer rank"
             trainer.stop_after_this_step()
             log.warning("stopping at step %d (%s); a checkpoint follows", trainer.state.step, self.stopped_by)
+
+    def _any_rank_signalled(self) -> bool:
+        received = self.stop_signals.received is not None
+        if not self.distributed:
+            return received
+        flag = torch.tensor([float(received)])
+        dist.all_reduce(flag, group=self.group)
+        return bool(flag.item())  # a CPU tensor: no device synchronisation
 
     def on_train_end(self, trainer: Trainer) -> None:
         self.stop_signals.restore()

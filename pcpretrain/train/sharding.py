@@ -109,3 +109,12 @@ def _per_owner(
 def rank_and_world() -> tuple[int, int]:
     """This process's rank and the number of processes (0 and 1 without a process group)."""
     return (dist.get_rank(), dist.get_world_size()) if is_distributed() else (0, 1)
+
+
+def host_group() -> dist.ProcessGroup | None:
+    """A group of all ranks whose collectives run on the host (gloo): the default group when it is
+    gloo already, else a new one. Small agreements (a stop flag) through it never wait for the device.
+    Every rank must call it at the same point (creating a group is collective)."""
+    if dist.get_backend() == "gloo":
+        return None  # the default group
+    return dist.new_group(backend="gloo")

@@ -19,6 +19,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from pcpretrain.train.callbacks.base import Callback
 from pcpretrain.train.engine import build_accelerator
+from pcpretrain.train.preemption import Preemption, StopSignals
 from pcpretrain.train.run import build_training_parts
 from pcpretrain.train.state import TrainState
 from pcpretrain.train.trainer import Trainer
@@ -160,7 +161,8 @@ class LogsEvery(Callback):
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_a_step_nobody_logs_reads_nothing_from_the_device_and_a_logged_one_reads_once(optimizer: str) -> None:
     logger = LogsEvery(3)
-    trainer = make_trainer(2, "pc.degree=4", f"optimizer={optimizer}", callbacks=[logger])
+    callbacks = [Preemption(StopSignals(["SIGUSR1"])), logger]
+    trainer = make_trainer(2, "pc.degree=4", f"optimizer={optimizer}", callbacks=callbacks)
     trainer.last_step = 3
     trainer.fit()  # warm-up: lazily created state, first log
     trainer.last_step = 6
