@@ -31,6 +31,7 @@ from pcpretrain.pc.transform import effective_weight, effective_weight_vjp
 from pcpretrain.train.sharding import (
     broadcast_slices,
     full_stack,
+    gathered,
     local_like,
     rank_and_world,
     reduce_slices,
@@ -143,7 +144,31 @@ class PCStep:
         for mod, weight, grad_sum in zip(group.modules, stack, group.grad_sum, strict=True):
             mod.begin_step(weight, grad_sum)
 
+    def finish_through(self, backward: Callable[[Tensor], None]) -> None:
+        """:meth:`finish` for engines that take gradients only from a backward pass of their own
+        (DeepSpeed reduces and partitions them inside ``backward``): ``backward`` of the sum of
+        <W, G> over the PC weights and gammas hands each of them exactly its gradient G."""
+        if not self.per_step:
+            return
+        with cuda_tf32(self.tf32), torch.no_grad():
+            gradients = [self._group_gradients(group) for group in self.groups]
+        params = [p for group in self.groups for mod in group.modules for p in (mod.weight, mod.pc_gamma)]
+        with gathered(params):
+            surrogate = sum(
+                (torch.stack([mod.weight for mod in group.modules]) * grads).sum()
+                + (torch.stack([mod.pc_gamma for mod in group.modules]) * grad_gammas).sum()
+                for group, (grads, grad_gammas) in zip(self.groups, gradients, strict=True)
+            )
+            backward(surrogate)
+
     def _finish_group(self, group: _Group) -> None:
+        grads, grad_gammas = self._group_gradients(group)
+        for mod, grad_weight, grad_gamma in zip(group.modules, grads, grad_gammas, strict=True):
+            _add_grad(mod.weight, grad_weight)
+            _add_grad(mod.pc_gamma, grad_gamma)
+
+    def _group_gradients(self, group: _Group) -> tuple[Tensor, Tensor]:
+        """The whole gradients of the group's weights and gammas, identical on every rank."""
         for mod in group.modules:
             mod.take_step_grad()
         grads, group.grad_sum = group.grad_sum, None
@@ -166,9 +191,7 @@ class PCStep:
         del weights
         broadcast_slices(grads, group.bounds)
         broadcast_slices(grad_gammas, group.bounds)
-        for mod, grad_weight, grad_gamma in zip(group.modules, grads, grad_gammas, strict=True):
-            _add_grad(mod.weight, grad_weight)
-            _add_grad(mod.pc_gamma, grad_gamma)
+        return grads, grad_gammas
 
     def _update_spectral_group(self, group: _Group) -> None:
         weights = group.weights()

@@ -16,7 +16,6 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pcpretrain import pc
 from pcpretrain.config import (
-    ZERO_ENGINES,
     ConfigError,
     TrainConfig,
     load_yaml,
@@ -255,18 +254,8 @@ def build_pc_step(cfg: TrainConfig, model: nn.Module, accelerator: Accelerator) 
 
 
 def uses_per_step_pc(cfg: TrainConfig) -> bool:
-    """The per-step PC path (single, ddp, fsdp); DeepSpeed's ZeRO engines apply the optimizer step inside
-    the last backward, before the per-step transform could deliver its gradients, so they keep the
-    per-forward one."""
-    if cfg.pc.degree == 0 or cfg.pc.transform_every != "step":
-        return False
-    if cfg.distributed.engine in ZERO_ENGINES:
-        log.info(
-            "distributed=%s steps inside DeepSpeed's backward: the PC transform runs in every forward",
-            cfg.distributed.engine,
-        )
-        return False
-    return True
+    """The per-step PC path, under every engine, unless ``pc.transform_every=forward``."""
+    return cfg.pc.degree > 0 and cfg.pc.transform_every == "step"
 
 
 def locate_resume(cfg: TrainConfig, ckpt_root: Path) -> Path | None:

@@ -8,6 +8,7 @@ one collective per rank and stack. Everything here is a no-op for unsharded para
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 
@@ -44,11 +45,19 @@ def full_stack(params: Sequence[Tensor], start: int, end: int) -> Tensor:
     if isinstance(params[0], DTensor):
         return _gather_dtensor_stack(params)[start:end]
     if hasattr(params[0], "ds_id"):
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters(list(params), modifier_rank=None):
+        with gathered(params):
             return _stack([p.data for p in params], start, end)
     return _stack([p.detach() for p in params], start, end)
+
+
+def gathered(params: Sequence[Tensor]) -> contextlib.AbstractContextManager:
+    """ZeRO-3 partitions gathered into whole tensors inside the block (for reading, and for a backward
+    whose gradients the engine then partitions itself); a no-op for any other parameters."""
+    if not any(hasattr(p, "ds_id") for p in params):
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(params), modifier_rank=None)
 
 
 def _stack(tensors: Sequence[Tensor], start: int, end: int) -> Tensor:

@@ -125,7 +125,11 @@ class Trainer:
         if self.pc_step is not None:
             self.pc_step.begin()
         loss = self._micro_batches(micro_batches)
-        if self.pc_step is not None:
+        if self.pc_backward_in_engine:
+            # The engine steps inside this last backward, which delivers the PC gradients.
+            check_finite_now(self.state.step + 1, loss.item())
+            self.pc_step.finish_through(self._engine_backward_and_step)
+        elif self.pc_step is not None:
             self.pc_step.finish()
         grad_norm = self._engine_grad_norm(loss) if self.engine_steps_in_backward else self._clip_gradients()
         nonfinite = StepValueMonitor.nonfinite(loss, grad_norm)
@@ -150,12 +154,24 @@ class Trainer:
                 with self.accelerator.autocast():
                     loss = causal_lm_loss(self.model, windows, chunk_tokens=self.loss_chunk_tokens)
                 loss_sum += loss.detach()
+                if self.pc_backward_in_engine:
+                    self.accelerator.deepspeed_engine_wrapped.backward(loss, sync_gradients=False)
+                    continue
                 if index == len(micro_batches) - 1 and self.engine_steps_in_backward:
                     # The engine applies the step inside this backward: the loss must be known first.
                     mean = self.accelerator.reduce(loss_sum, reduction="mean").item() / len(micro_batches)
                     check_finite_now(self.state.step + 1, mean)
                 self.accelerator.backward(loss)
         return self.accelerator.reduce(loss_sum, reduction="mean") / len(micro_batches)
+
+    def _engine_backward_and_step(self, surrogate: Tensor) -> None:
+        """The step's last backward under DeepSpeed, of the PC gradients' surrogate, then its step.
+
+        The micro-batch losses were already scaled by the accumulation steps; the PC gradients too.
+        """
+        self.accelerator.deepspeed_engine_wrapped.backward(
+            surrogate, sync_gradients=True, scale_wrt_gas=False
+        )
 
     def _clip_gradients(self) -> Tensor:
         """Clip to ``grad_clip`` (0: no clipping) and return the total norm, as a device tensor."""
@@ -175,6 +191,11 @@ class Trainer:
         grad_norm = float(self.accelerator.clip_grad_norm_(self.model.parameters(), self.grad_clip))
         check_finite_now(self.state.step + 1, 0.0, grad_norm, step_taken=True)
         return torch.tensor(grad_norm, device=loss.device)
+
+    @property
+    def pc_backward_in_engine(self) -> bool:
+        """Per-step PC under DeepSpeed: its gradients reach the engine through one more backward."""
+        return self.engine_steps_in_backward and self.pc_step is not None and self.pc_step.per_step
 
     @property
     def engine_steps_in_backward(self) -> bool:

@@ -23,14 +23,11 @@ def test_per_step_and_per_forward_transforms_give_the_same_loss_curve(tmp_path: 
         assert fast["pc/gamma_mean"] == pytest.approx(slow["pc/gamma_mean"], rel=1e-5)
 
 
-def test_per_step_path_is_the_default_except_under_deepspeed() -> None:
-    assert uses_per_step_pc(compose_config())
-    assert uses_per_step_pc(compose_config("distributed=ddp"))
-    assert uses_per_step_pc(compose_config("distributed=fsdp"))
-    assert not uses_per_step_pc(compose_config("pc.transform_every=forward"))
+def test_per_step_path_is_the_default_under_every_engine() -> None:
+    for engine in ("single", "ddp", "fsdp", "zero1", "zero2", "zero3"):
+        assert uses_per_step_pc(compose_config(f"distributed={engine}"))
+        assert not uses_per_step_pc(compose_config(f"distributed={engine}", "pc.transform_every=forward"))
     assert not uses_per_step_pc(compose_config("pc.degree=0"))
-    for engine in ("zero1", "zero2", "zero3"):
-        assert not uses_per_step_pc(compose_config(f"distributed={engine}"))
 
 
 def test_ddp_leaves_the_pc_weights_to_the_per_step_backward() -> None:

@@ -6,6 +6,7 @@ read, and accumulates the same global batch; so losses must agree to float round
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,22 +15,45 @@ from helpers import (
     MUON_PC,
     SPLIT_OVERRIDES,
     assert_export_matches,
+    assert_resume_is_exact,
     assert_same_trajectory,
     read_metrics,
     run_cli,
+    split_overrides,
     train_split,
 )
 
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(scope="module")
+def two_process_adamw(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """The uninterrupted 2-process AdamW run under an engine, run once per module."""
+    root = tmp_path_factory.mktemp("two-process")
+
+    def run(engine: str) -> Path:
+        if not (root / engine).is_dir():
+            train_split(root / engine, *ADAMW_PC, f"distributed={engine}", nproc=2)
+        return root / engine
+
+    return run
+
+
 @pytest.mark.parametrize("engine", ["ddp", "zero2", "zero3"])
 def test_two_processes_match_one_process_with_accumulation_adamw_pc(
-    engine: str, single_adamw: Path, tmp_path: Path
+    engine: str, single_adamw: Path, two_process_adamw: Callable[[str], Path], tmp_path: Path
 ) -> None:
-    multi = train_split(tmp_path / engine, *ADAMW_PC, f"distributed={engine}", nproc=2)
-    assert_same_trajectory(read_metrics(single_adamw), multi)
-    assert_export_matches(tmp_path / engine, single_adamw, tmp_path / "exported")
+    multi = two_process_adamw(engine)
+    assert_same_trajectory(read_metrics(single_adamw), read_metrics(multi))
+    assert_export_matches(multi, single_adamw, tmp_path / "exported")
+
+
+@pytest.mark.parametrize("engine", ["zero2", "zero3"])
+def test_a_zero_run_stopped_and_resumed_matches_the_uninterrupted_one(
+    engine: str, two_process_adamw: Callable[[str], Path], tmp_path: Path
+) -> None:
+    overrides = split_overrides(*ADAMW_PC, f"distributed={engine}", nproc=2)
+    assert_resume_is_exact(overrides, 2, tmp_path, nproc=2, straight=two_process_adamw(engine))
 
 
 def test_two_processes_match_one_process_with_accumulation_muon_pc(single_muon: Path, tmp_path: Path) -> None:
