@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -26,6 +27,27 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 EMBEDDING = "model.embed_tokens.weight"
 # transformers' own default shard size for save_pretrained.
 MAX_SHARD_BYTES = 5 * 2**30
+# What a merged directory says about the run it came from (transformers ignores the file).
+MERGED_INFO = "pcpretrain.json"
+
+
+def run_info(cfg, step: int) -> dict[str, Any]:
+    """The training step and the data settings that held-out evaluation repeats (window length, BOS/EOS)."""
+    return {
+        "step": step,
+        "data": {"seq_len": cfg.data.seq_len, "add_bos": cfg.data.add_bos, "add_eos": cfg.data.add_eos},
+    }
+
+
+def read_merged_info(model_dir: Path) -> dict[str, Any]:
+    """The ``pcpretrain.json`` of a merged directory; empty for a model written elsewhere."""
+    path = Path(model_dir) / MERGED_INFO
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc}); re-export the checkpoint") from exc
 
 
 def write_merged_model(
@@ -35,10 +57,16 @@ def write_merged_model(
     pc_degree: int,
     tokenizer: Tokenizer,
     out_dir: Path,
+    info: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``out_dir`` (atomically) as a plain Llama with the PC transform folded into its weights."""
     return write_merged_groups(
-        [state_dict], model_cfg=model_cfg, pc_degree=pc_degree, tokenizer=tokenizer, out_dir=out_dir
+        [state_dict],
+        model_cfg=model_cfg,
+        pc_degree=pc_degree,
+        tokenizer=tokenizer,
+        out_dir=out_dir,
+        info=info,
     )
 
 
@@ -50,14 +78,18 @@ def write_merged_groups(
     tokenizer: Tokenizer,
     out_dir: Path,
     max_shard_bytes: int = MAX_SHARD_BYTES,
+    info: Mapping[str, Any] | None = None,
 ) -> Path:
     """Merge group by group (each group holds whole PC layers) and write safetensors shards, each closed
     once it reaches ``max_shard_bytes``; one shard is ``model.safetensors``, more get an index, as
-    transformers expects."""
+    transformers expects. ``pcpretrain.json`` records ``info`` (see :func:`run_info`), the PC degree
+    and each PC layer's gamma and sigma, which the merged weights no longer show."""
     with ckpt.atomic_directory(out_dir) as tmp:
         writer = _ShardWriter(tmp, max_shard_bytes)
+        pc_layers: dict[str, dict[str, float]] = {}
         for group in groups:
             plain = {_strip_wrappers(name): tensor for name, tensor in group.items()}
+            pc_layers.update(pc.pc_layer_scales(plain))
             merged = pc.merge_state_dict(plain, pc_degree)
             writer.add({name: tensor.detach().to("cpu").contiguous() for name, tensor in merged.items()})
         vocab_size, dtype = writer.finish()
@@ -66,6 +98,8 @@ def write_merged_groups(
         hf_config.save_pretrained(tmp)
         GenerationConfig(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        summary = {**(info or {}), "pc_degree": pc_degree, "pc_layers": pc_layers}
+        (tmp / MERGED_INFO).write_text(json.dumps(summary, indent=2, sort_keys=True), encoding="utf-8")
     return out_dir
 
 
@@ -129,8 +163,14 @@ def export_checkpoint(checkpoint_dir: Path, out_dir: Path, overwrite: bool = Fal
     tokenizer = Tokenizer.load(checkpoint_dir / ckpt.TOKENIZER)
     weights = open_weights(checkpoint_dir)
     groups = (weights.load(names) for names in layer_groups(weights.names()))
+    step = int(ckpt.read_trainer_state(checkpoint_dir)["step"])
     return write_merged_groups(
-        groups, model_cfg=cfg.model, pc_degree=cfg.pc.degree, tokenizer=tokenizer, out_dir=out_dir
+        groups,
+        model_cfg=cfg.model,
+        pc_degree=cfg.pc.degree,
+        tokenizer=tokenizer,
+        out_dir=out_dir,
+        info=run_info(cfg, step),
     )
 
 

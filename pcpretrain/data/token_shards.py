@@ -49,7 +49,6 @@ truncated or mismatched corpus fails before training starts rather than mid-run.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -64,6 +63,7 @@ from typing import Any
 import numpy as np
 
 from pcpretrain.data.packing import token_dtype
+from pcpretrain.files import fsync_dir, sha256_file
 
 FORMAT_NAME = "pcpretrain-token-shards"
 FORMAT_VERSION = 1
@@ -78,15 +78,6 @@ _FLUSH_TOKENS = 1 << 20
 _OPEN_SHARDS = 16
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in chunks so large tokenizer models need no extra memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def shard_name(index: int) -> str:
     """File stem of shard `index`, e.g. ``shard_00003``."""
     return f"shard_{index:05d}"
@@ -96,20 +87,6 @@ def _stored_dtype(vocab_size: int) -> tuple[str, np.dtype]:
     """The dtype name recorded in meta.json and the explicit little-endian dtype used on disk."""
     name = token_dtype(vocab_size).name
     return name, _STORED_DTYPES[name]
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename durable; best effort, since not every filesystem supports it."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _is_nonempty(path: Path) -> bool:
@@ -291,7 +268,7 @@ class TokenShardWriter:
             else:
                 self.out_dir.unlink()
         os.replace(self._tmp, self.out_dir)
-        _fsync_dir(self.out_dir.parent)
+        fsync_dir(self.out_dir.parent)
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import sentencepiece as spm
+
+from pcpretrain.files import atomic_write_bytes
 
 if TYPE_CHECKING:  # transformers is imported lazily: it takes seconds and only export needs it
     from transformers import LlamaTokenizer
@@ -208,7 +209,7 @@ def train_sentencepiece(documents: Sequence[str], vocab_size: int, out_path: str
             f"SentencePiece training with vocab_size={vocab_size} failed on {len(lines)} lines "
             f"({sum(map(len, lines))} characters): {err}"
         ) from err
-    _write_bytes_atomic(out_path, model.getvalue())
+    atomic_write_bytes(out_path, model.getvalue())
     return Tokenizer.load(out_path)
 
 
@@ -253,19 +254,6 @@ def _piece_or_none(processor: spm.SentencePieceProcessor, token_id: int | None) 
     return None if token_id is None else processor.id_to_piece(token_id)
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same directory and `os.replace`: never a half-written model."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 def _copy_atomic(src: Path, dst: Path) -> None:
     with src.open("rb") as handle:
-        _write_bytes_atomic(dst, handle.read())
+        atomic_write_bytes(dst, handle.read())

@@ -9,7 +9,7 @@
 """
 
 from pcpretrain.pc.layers import PCLinear, pc_modules
-from pcpretrain.pc.merge import merge_state_dict
+from pcpretrain.pc.merge import merge_state_dict, pc_layer_scales
 from pcpretrain.pc.polynomial import PC_COEFFICIENTS, check_degree, polynomial_map, precondition
 from pcpretrain.pc.step import PCStep, ddp_ignored_names
 from pcpretrain.pc.surgery import DEFAULT_TARGETS, apply_pc
@@ -26,6 +26,7 @@ __all__ = [
     "effective_weight",
     "effective_weight_vjp",
     "merge_state_dict",
+    "pc_layer_scales",
     "pc_modules",
     "polynomial_map",
     "precondition",

@@ -14,7 +14,6 @@ SHA-256 digests) is on disk, so a crash at any moment leaves earlier checkpoints
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
+from pcpretrain.files import fsync_dir, sha256_file
 from pcpretrain.train.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def atomic_directory(final: Path, accelerator: Accelerator | None = None) -> Ite
         if final.exists():
             os.replace(final, old)
         os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         shutil.rmtree(old, ignore_errors=True)
     _barrier(accelerator)
 
@@ -114,7 +114,7 @@ def write_manifest(directory: Path, with_checksums: bool) -> None:
     for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST):
         entry: dict[str, Any] = {"size": path.stat().st_size}
         if with_checksums:
-            entry["sha256"] = _sha256(path)
+            entry["sha256"] = sha256_file(path)
         files[path.relative_to(directory).as_posix()] = entry
     (directory / MANIFEST).write_text(json.dumps({"files": files}, indent=2), encoding="utf-8")
 
@@ -140,7 +140,7 @@ def verify_checkpoint(directory: Path) -> None:
         size, expected = path.stat().st_size, entry["size"]
         if size != expected:
             raise CheckpointError(f"{directory}: damaged checkpoint, {name} has {size} bytes, not {expected}")
-        if "sha256" in entry and _sha256(path) != entry["sha256"]:
+        if "sha256" in entry and sha256_file(path) != entry["sha256"]:
             raise CheckpointError(f"{directory}: damaged checkpoint, {name} does not match its checksum")
 
 
@@ -217,14 +217,6 @@ def prune(root: Path, keep_last: int) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _fsync_tree(directory: Path) -> None:
     """Flush every file to disk, and give files the umask's usual mode (some writers use 0600)."""
     umask = os.umask(0)
@@ -234,15 +226,7 @@ def _fsync_tree(directory: Path) -> None:
             path.chmod(0o666 & ~umask)
             with path.open("rb") as handle:
                 os.fsync(handle.fileno())
-    _fsync_dir(directory)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(directory)
 
 
 def _barrier(accelerator: Accelerator | None) -> None:

@@ -14,8 +14,8 @@ from pcpretrain.data.token_shards import (
     FORMAT_VERSION,
     TokenShards,
     TokenShardWriter,
-    sha256_file,
 )
+from pcpretrain.files import sha256_file
 
 VOCAB = 300
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from pcpretrain.config import CheckpointConfig
 from pcpretrain.data.tokenizer import Tokenizer
-from pcpretrain.export import write_merged_model
+from pcpretrain.export import run_info, write_merged_model
 from pcpretrain.train import checkpoint as ckpt
 from pcpretrain.train.callbacks.base import Callback
 
@@ -81,6 +81,7 @@ class Checkpointing(Callback):
                 pc_degree=self.cfg.pc.degree,
                 tokenizer=self.tokenizer,
                 out_dir=out,
+                info=run_info(self.cfg, trainer.state.step),
             )
             log.info("saved merged model %s", out)
         trainer.accelerator.wait_for_everyone()
