@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 from transformers import GenerationConfig
 
 from pcpretrain import pc
+from pcpretrain.compat import plain_parameter_name
 from pcpretrain.config import ConfigError, load_yaml
 from pcpretrain.data.tokenizer import Tokenizer
 from pcpretrain.model import llama_config
@@ -23,7 +24,6 @@ from pcpretrain.train import checkpoint as ckpt
 from pcpretrain.train.checkpoint_weights import layer_groups, open_weights
 from pcpretrain.train.errors import CheckpointError
 
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 EMBEDDING = "model.embed_tokens.weight"
 # transformers' own default shard size for save_pretrained.
 MAX_SHARD_BYTES = 5 * 2**30
@@ -88,7 +88,7 @@ def write_merged_groups(
         writer = _ShardWriter(tmp, max_shard_bytes)
         pc_layers: dict[str, dict[str, float]] = {}
         for group in groups:
-            plain = {_strip_wrappers(name): tensor for name, tensor in group.items()}
+            plain = {plain_parameter_name(name): tensor for name, tensor in group.items()}
             pc_layers.update(pc.pc_layer_scales(plain))
             merged = pc.merge_state_dict(plain, pc_degree)
             writer.add({name: tensor.detach().to("cpu").contiguous() for name, tensor in merged.items()})
@@ -172,12 +172,3 @@ def export_checkpoint(checkpoint_dir: Path, out_dir: Path, overwrite: bool = Fal
         out_dir=out_dir,
         info=run_info(cfg, step),
     )
-
-
-def _strip_wrappers(name: str) -> str:
-    """Plain Llama names: regional compilation inserts ``_orig_mod`` inside, DDP/compile prefix it."""
-    name = name.replace("._orig_mod.", ".")
-    for prefix in _WRAPPER_PREFIXES:
-        while name.startswith(prefix):
-            name = name[len(prefix) :]
-    return name

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from pcpretrain.compat import uncompiled
 from pcpretrain.config import ModelConfig, TrainerConfig
 from pcpretrain.fused_cross_entropy import linear_cross_entropy
 
@@ -37,6 +38,7 @@ def llama_config(
         bos_token_id=bos_id,
         eos_token_id=eos_id,
         architectures=["LlamaForCausalLM"],
+        attn_implementation="sdpa",
     )
 
 
@@ -94,7 +96,7 @@ class PretrainingLlama(LlamaForCausalLM):
             return super().forward(*args, **kwargs)
         if kwargs.pop("labels", None) is not None:
             raise ValueError("pass targets (already shifted) or labels (shifted by the model), not both")
-        head = getattr(self.lm_head, "_orig_mod", self.lm_head)  # torch.compile may have wrapped it
+        head = uncompiled(self.lm_head)
         if not isinstance(head, ChunkedLossHead):
             raise TypeError(
                 f"the chunked loss needs lm_head to be a {ChunkedLossHead.__name__}, but it is a "
@@ -115,7 +117,6 @@ def build_model(
 ) -> PretrainingLlama:
     """A freshly initialised Llama (initialisation follows the global torch RNG, as the stock class's)."""
     hf_config = llama_config(cfg, vocab_size, bos_id, eos_id)
-    hf_config._attn_implementation = "sdpa"
     return PretrainingLlama(hf_config)
 
 

@@ -30,6 +30,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.distributed.tensor import DTensor, Placement, Shard
 
+from pcpretrain.compat import local_shard
 from pcpretrain.optim.muon import NS_DTYPES, Muon, orthogonalize_stack, stacked_directions
 from pcpretrain.train.sharding import is_distributed, slice_bounds
 
@@ -90,7 +91,7 @@ class DistributedMuon(Muon):
 
         Not ``to_local()``: for a parameter that makes a fresh view on every call, one op per matrix.
         """
-        return tensor._local_tensor if isinstance(tensor, DTensor) else tensor
+        return local_shard(tensor)
 
     def _batch_updates(
         self, params: list[Tensor], grads: list[Tensor], bufs: list[Tensor], group: dict[str, Any]

@@ -13,6 +13,7 @@ from functools import partial
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from pcpretrain.compat import set_last_lr
 from pcpretrain.config import SchedulerConfig
 
 DEFAULT_DECAY_FRACTION = 0.2
@@ -116,4 +117,4 @@ def reapply_schedule(scheduler: LambdaLR) -> None:
     ]
     for group, lr in zip(scheduler.optimizer.param_groups, lrs, strict=True):
         group["lr"] = lr
-    scheduler._last_lr = lrs
+    set_last_lr(scheduler, lrs)

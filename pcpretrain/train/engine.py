@@ -18,15 +18,14 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import (
     DeepSpeedPlugin,
-    DistributedType,
     FullyShardedDataParallelPlugin,
     InitProcessGroupKwargs,
     TorchDynamoPlugin,
 )
 
+from pcpretrain.compat import force_fsdp_state, reset_accelerate_state
 from pcpretrain.config import ZERO_ENGINES, ConfigError, DistributedConfig, TrainConfig, TrainerConfig
 
 # The decoder block is the unit FSDP2 shards and gathers: a PC layer's whole matrix is then
@@ -93,7 +92,7 @@ def build_accelerator(cfg: TrainConfig) -> Accelerator:
     # The state is a process-wide singleton that refuses a second precision and keeps the last run's
     # engine; a sweep runs its points in one process, so each run starts from a fresh one. The process
     # group, if any, is kept: accelerate creates one only when none is initialized.
-    AcceleratorState._reset_state(reset_partial_state=True)
+    reset_accelerate_state()
     accelerator = Accelerator(
         cpu=device == "cpu" and engine not in ZERO_ENGINES,
         # DeepSpeed applies autocast itself (``torch_autocast`` in its config).
@@ -108,23 +107,8 @@ def build_accelerator(cfg: TrainConfig) -> Accelerator:
         **engine_kwargs,
     )
     if engine == "fsdp":
-        use_fsdp2(accelerator, engine_kwargs["fsdp_plugin"])
+        force_fsdp_state(accelerator, engine_kwargs["fsdp_plugin"])  # torch's fully_shard runs on CPUs too
     return accelerator
-
-
-def use_fsdp2(accelerator: Accelerator, plugin: FullyShardedDataParallelPlugin) -> None:
-    """Put the accelerator on accelerate's FSDP2 path on every device, CPU (gloo) included.
-
-    ``AcceleratorState`` turns a run into FSDP only when it starts from a GPU-like distributed type
-    (``MULTI_GPU``, ``MULTI_XPU``...): on CPU (``MULTI_CPU``) it drops the plugin without a word and
-    trains with DDP, although torch's ``fully_shard`` works there with gloo. No public option changes
-    that, so the two state attributes are set here as ``AcceleratorState`` sets them on GPUs (where
-    this repeats its assignment), including the copy in ``PartialState`` that every later
-    ``AcceleratorState()`` (optimizer wrappers, collectives) reads back.
-    """
-    accelerator.state.fsdp_plugin = plugin
-    accelerator.state.distributed_type = DistributedType.FSDP
-    PartialState().distributed_type = DistributedType.FSDP
 
 
 def forget_other_engines(engine: str, environ: MutableMapping[str, str] = os.environ) -> None:

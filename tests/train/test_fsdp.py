@@ -1,6 +1,6 @@
 """``distributed=fsdp`` on CPU: accelerate's FSDP2 path in 2 gloo processes (torchrun) against one process.
 
-The runs shard with the same plugin, checkpoint and export code as on GPUs (``use_fsdp2`` in
+The runs shard with the same plugin, checkpoint and export code as on GPUs (``force_fsdp_state`` in
 ``pcpretrain/train/engine.py``); the one-process references (``conftest.py``, shared with
 ``test_distributed.py``) accumulate the same global batch with 2 loader workers.
 """
