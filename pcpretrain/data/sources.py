@@ -20,6 +20,7 @@ reader that counts what it received resumes with `iter_shard(index, start)` at e
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,8 +104,26 @@ def _translate_read_error(error: BaseException, name: str) -> DataSourceError | 
             f"{name} has rows whose fields differ from those inferred from its first rows: {error}"
         )
     if isinstance(error, (pa.ArrowException, ValueError, OSError)):
-        return DataSourceError(f"{name} could not be read: {type(error).__name__}: {error}")
+        return DataSourceError(
+            f"{name} could not be read: {type(error).__name__}: {_with_line(str(error), name)}"
+        )
     return None
+
+
+_JSON_ROW = re.compile(r"\bin row (\d+)$")
+
+
+def _with_line(message: str, name: str) -> str:
+    """pyarrow's JSON errors count rows from 0 over the non-blank lines; say which line of the file."""
+    match = _JSON_ROW.search(message)
+    path = Path(name)
+    if match is None or not path.is_file():
+        return message
+    row = int(match.group(1))
+    with path.open("rb") as handle:
+        rows = (number for number, line in enumerate(handle, start=1) if line.strip())
+        line = next(itertools.islice(rows, row, None), None)
+    return message if line is None else f"{message[: match.start()]}on line {line}"
 
 
 class TextSource:

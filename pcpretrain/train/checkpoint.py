@@ -125,7 +125,7 @@ def verify_checkpoint(directory: Path) -> None:
         raise CheckpointError(f"{directory}: no such checkpoint directory")
     manifest_path = directory / MANIFEST
     if not manifest_path.is_file():
-        raise CheckpointError(f"{directory}: incomplete checkpoint (no {MANIFEST}; the save was interrupted)")
+        raise CheckpointError(f"{directory}: {_not_a_checkpoint(directory)}")
     try:
         files = json.loads(manifest_path.read_text(encoding="utf-8"))["files"]
     except (ValueError, KeyError) as exc:
@@ -142,6 +142,18 @@ def verify_checkpoint(directory: Path) -> None:
             raise CheckpointError(f"{directory}: damaged checkpoint, {name} has {size} bytes, not {expected}")
         if "sha256" in entry and sha256_file(path) != entry["sha256"]:
             raise CheckpointError(f"{directory}: damaged checkpoint, {name} does not match its checksum")
+
+
+def _not_a_checkpoint(directory: Path) -> str:
+    """What ``directory`` (without a manifest) is instead, and which path was probably meant."""
+    if (directory / "config.json").is_file():
+        return "a merged (Hugging Face) model, already exported; give an unmerged checkpoint (step_XXXXXXXX)"
+    steps = [path for path in list_unmerged(directory / "checkpoints") if (path / MANIFEST).is_file()]
+    if steps:
+        return f"a run directory, not a checkpoint; its newest checkpoint is {steps[-1]}"
+    if directory.name.startswith(".tmp-") or _STEP_DIR.match(directory.name):
+        return f"incomplete checkpoint (no {MANIFEST}; the save was interrupted)"
+    return f"not a checkpoint (no {MANIFEST}); give a checkpoints/step_XXXXXXXX directory of a run"
 
 
 def read_trainer_state(directory: Path) -> dict[str, Any]:

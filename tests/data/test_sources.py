@@ -273,3 +273,12 @@ def test_bad_shard_index_and_start(milton_train: list[Path]) -> None:
         source.iter_shard(1)
     with pytest.raises(ValueError, match="start must be >= 0"):
         source.iter_shard(0, start=-1)
+
+
+def test_a_json_parse_error_names_the_line_of_the_file(tmp_path: Path) -> None:
+    """pyarrow counts rows from 0 over non-blank lines; the message names the 1-based line instead."""
+    path = tmp_path / "docs.jsonl"
+    good = [json.dumps({"text": f"document {i}"}) for i in range(10)]
+    path.write_text("\n".join([*good[:4], "", *good[4:], "{broken json"]) + "\n")
+    with pytest.raises(DataSourceError, match=rf"{re.escape(str(path))} could not be read: .* on line 12$"):
+        list(TextSource.from_files([str(path)]).iter_shard(0))

@@ -90,3 +90,24 @@ def test_stale_temporaries_are_removed_and_prune_keeps_the_newest(tmp_path: Path
     ckpt.prune(tmp_path, keep_last=2)
     assert [p.name for p in ckpt.list_unmerged(tmp_path)] == ["step_00000004", "step_00000006"]
     assert not (tmp_path / ".tmp-step_00000008").exists()
+
+
+def test_a_directory_that_is_no_checkpoint_is_named_for_what_it_is(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    newest = fake_checkpoint(run / "checkpoints", 8)
+    merged = ckpt.merged_dir(run / "checkpoints", 8)
+    merged.mkdir()
+    (merged / "config.json").write_text("{}")
+    interrupted = ckpt.unmerged_dir(run / "checkpoints", 12)
+    interrupted.mkdir()
+    expected = {
+        merged: "a merged .*model, already exported",
+        run: f"a run directory, not a checkpoint; its newest checkpoint is {newest}",
+        interrupted: "incomplete checkpoint .*the save was interrupted",
+        tmp_path / "elsewhere": "no such checkpoint directory",
+    }
+    (tmp_path / "other").mkdir()
+    expected[tmp_path / "other"] = "not a checkpoint .*give a checkpoints/step_XXXXXXXX directory"
+    for directory, message in expected.items():
+        with pytest.raises(CheckpointError, match=message):
+            ckpt.verify_checkpoint(directory)
