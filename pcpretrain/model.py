@@ -106,7 +106,7 @@ class PretrainingLlama(LlamaForCausalLM):
         loss = self.lm_head(outputs.last_hidden_state, targets=targets, chunk_tokens=loss_chunk_tokens)
         return CausalLMOutputWithPast(
             loss=loss,
-            past_key_values=outputs.past_key_values,
+            cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )

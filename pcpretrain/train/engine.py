@@ -72,6 +72,9 @@ def build_accelerator(cfg: TrainConfig) -> Accelerator:
     precision = resolve_precision(cfg.trainer.precision, device)
     world_size = launched_world_size()
     grad_accum = gradient_accumulation_steps(cfg.trainer, world_size)
+    if device == "cpu":
+        # Tell DeepSpeed (imported on demand below) what it would otherwise guess, with a warning per run.
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
