@@ -14,8 +14,13 @@ commands:
                                  model=debug pc.degree=2 trainer.max_steps=50 run.dir=runs/x
                                  (-m for a sweep: pcpretrain train -m pc.degree=0,4)
   export <checkpoint> <out dir>  write the merged Hugging Face Llama of an unmerged checkpoint
-  compare <run or sweep dirs...> [--png F]
-                                 table of optimizer, degree, lr, losses, tokens/s; validation curves
+  compare <run or sweep dirs...> [--baseline K=V[,K=V]] [--json] [--png F | --no-plot]
+                                 runs grouped over seeds: losses, GMCN, eval scores as mean ± std,
+                                 differences to a baseline group; validation curves
+  spectra <checkpoints, model, run or sweep dirs...> [--out D] [--no-plots]
+                                 weight spectra (MCN, GMCN, sigma/sigma_1) of checkpoints, with plots
+  eval <merged model dir> [--heldout FILES...] [--tasks T1,T2] [--include-path D] [--limit N]
+                                 held-out perplexity and lm-eval tasks; scores into <dir>/eval.json
   schedule [overrides...] [--png F]
                                  print (and plot) the learning-rate schedule a config would use
   tokenize --tokenizer M --out D (FILES... | --hub PATH)
@@ -40,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         return export_command(rest)
     if command == "compare":
         return compare_command(rest)
+    if command == "spectra":
+        return spectra_command(rest)
+    if command == "eval":
+        return eval_command(rest)
     if command == "schedule":
         return schedule_command(rest)
     if command == "tokenize":
@@ -138,10 +147,18 @@ def export_command(args: list[str]) -> int:
 
 
 def compare_command(args: list[str]) -> int:
-    """Compare finished or running runs (a sweep directory expands to its runs)."""
+    """Compare finished or running runs, the seeds of one setting as one row (a sweep directory expands
+    to its runs)."""
     parser = argparse.ArgumentParser(prog="pcpretrain compare", description=compare_command.__doc__)
     parser.add_argument("paths", nargs="+", type=Path, help="run directories or sweep directories")
     parser.add_argument("--png", type=Path, default=None, help="where to write the validation curves")
+    parser.add_argument("--no-plot", action="store_true", help="write no validation-curve PNG")
+    parser.add_argument(
+        "--baseline",
+        metavar="KEY=VALUE[,KEY=VALUE...]",
+        help="the group the others are compared with (default: the one pc.degree=0 group, if any)",
+    )
+    parser.add_argument("--json", action="store_true", help="print a JSON document instead of tables")
     ns = parser.parse_args(args)
     from pcpretrain.analysis.compare import compare
 
@@ -152,11 +169,105 @@ def compare_command(args: list[str]) -> int:
     from yaml import YAMLError
 
     try:
-        print(compare(ns.paths, png))
+        print(compare(ns.paths, None if ns.no_plot else png, baseline=ns.baseline, as_json=ns.json))
     except (ValueError, OSError, OmegaConfBaseException, YAMLError) as exc:
         print(f"pcpretrain compare: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def spectra_command(args: list[str]) -> int:
+    """Weight spectra of checkpoints (a run or sweep directory expands to its checkpoints), offline on CPU."""
+    parser = argparse.ArgumentParser(prog="pcpretrain spectra", description=spectra_command.__doc__)
+    parser.add_argument("paths", nargs="+", type=Path, help="checkpoints, model dirs, run or sweep dirs")
+    parser.add_argument("--out", type=Path, help="where to write (default: <first path>/spectra)")
+    parser.add_argument("--no-plots", action="store_true", help="write spectra.jsonl only, no PNGs")
+    ns = parser.parse_args(args)
+    from safetensors import SafetensorError
+
+    from pcpretrain.analysis.spectra_report import spectra_report
+    from pcpretrain.train.errors import TrainingError
+
+    out = ns.out or (ns.paths[0] / "spectra" if ns.paths[0].is_dir() else Path("spectra"))
+    try:
+        print(spectra_report(ns.paths, out, plots=not ns.no_plots))
+    except (TrainingError, ValueError, OSError, SafetensorError) as exc:
+        print(f"pcpretrain spectra: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def eval_command(args: list[str]) -> int:
+    """Held-out perplexity (as training's val_loss) and lm-eval tasks of a merged checkpoint; the scores
+    accumulate in <model dir>/eval.json."""
+    from pcpretrain.analysis.merged_model import DTYPES
+
+    parser = argparse.ArgumentParser(prog="pcpretrain eval", description=eval_command.__doc__)
+    add = parser.add_argument
+    add("model_dir", type=Path, help="a merged checkpoint (checkpoints/step_XXXXXXXX-merged)")
+    add("--heldout", nargs="+", action="extend", default=[], metavar="FILE", help="jsonl/json/txt files")
+    add("--text-field", default="text", metavar="NAME", help="the field holding the text (default: text)")
+    add("--seq-len", type=_positive_int, metavar="N", help="window length (default: the run's)")
+    add("--max-batches", type=_positive_int, metavar="N", help="score only the first N batches of windows")
+    add("--tasks", action="append", default=[], metavar="T1,T2", help="lm-eval tasks (lambada_openai,piqa)")
+    add("--include-path", action="append", type=Path, default=[], metavar="DIR", help="local task YAMLs")
+    add("--num-fewshot", type=_non_negative_int, default=0, metavar="N", help="examples in context (0)")
+    add("--limit", type=_limit, metavar="N", help="examples per task (a fraction if below 1)")
+    add("--batch-size", type=_positive_int, default=8, metavar="N", help="windows/requests per forward (8)")
+    add("--device", default="cpu", help="cpu, cuda, cuda:1, ... or auto (default: cpu)")
+    add("--dtype", choices=DTYPES, default="float32", help="the weights' dtype (default: float32)")
+    ns = parser.parse_args(args)
+    from pcpretrain.analysis.eval_errors import EvalInputError
+    from pcpretrain.analysis.eval_results import scores_table
+    from pcpretrain.analysis.model_eval import EvalRequest, evaluate_model
+    from pcpretrain.train.errors import TrainingError
+
+    request = EvalRequest(
+        model_dir=ns.model_dir,
+        heldout=ns.heldout,
+        tasks=[task for entry in ns.tasks for task in entry.split(",") if task],
+        include_paths=ns.include_path,
+        num_fewshot=ns.num_fewshot,
+        limit=ns.limit,
+        batch_size=ns.batch_size,
+        seq_len=ns.seq_len,
+        max_batches=ns.max_batches,
+        text_field=ns.text_field,
+        device=ns.device,
+        dtype=ns.dtype,
+    )
+    try:
+        scores, path = evaluate_model(request)
+    except EvalInputError as exc:
+        print(f"pcpretrain eval: {exc}", file=sys.stderr)
+        return 2
+    except (TrainingError, RuntimeError, ValueError, OSError) as exc:
+        print(f"pcpretrain eval: {exc}", file=sys.stderr)
+        return 1
+    print(f"{scores_table(scores)}\n\nscores written to {path}")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def _limit(text: str) -> int | float:
+    """lm-eval's limit: a count of examples, or a fraction of them when below 1."""
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return int(value) if value >= 1 and value.is_integer() else value
 
 
 def schedule_command(args: list[str]) -> int:

@@ -270,10 +270,28 @@ class WandbConfig:
 
 @dataclass
 class LoggerConfig:
-    """Console progress and experiment trackers."""
+    """Console progress and experiment trackers.
+
+    ``layer_stats``: per-PC-layer weight, gradient and gamma norms on logged steps and each decoder
+    layer's activation RMS on evaluation steps (``layers/*`` metrics); off by default, it costs one
+    device read per logged step.
+    """
 
     progress: bool = True
+    layer_stats: bool = False
     wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
+class SpectralConfig:
+    """The spectral monitor: singular values of every hidden matrix, MCN and GMCN, during training.
+
+    ``every``: optimizer steps between analyses (0: none at an interval); ``at_end``: also at the
+    schedule's last step. Written to ``spectra.jsonl`` and as ``spectral/*`` metrics.
+    """
+
+    every: int = 1000
+    at_end: bool = True
 
 
 @dataclass
@@ -290,6 +308,7 @@ class TrainConfig:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    spectral: SpectralConfig = field(default_factory=SpectralConfig)
     seed: int = 0
     resume: str = "auto"
 
@@ -368,6 +387,7 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
     _validate_distributed(cfg, world_size)
     _validate_checkpoint(cfg)
     _choice("logger.wandb.mode", cfg.logger.wandb.mode, WANDB_MODES)
+    _positive("spectral.every", cfg.spectral.every, allow_zero=True)
     if cfg.resume not in ("auto", "never") and not Path(cfg.resume).exists():
         raise ConfigError(
             f"resume={cfg.resume!r}: no such checkpoint directory; use auto, never or a checkpoint path"

@@ -1,9 +1,17 @@
-"""Looking at runs without training: schedule previews and comparisons of run directories.
+"""Looking at runs without training: schedule previews, comparisons, spectra and evaluation.
 
-Modules: :mod:`pcpretrain.analysis.schedule_preview` (the lr a config will follow) and
-:mod:`pcpretrain.analysis.compare` (a table and validation curves for finished or running runs).
-This package holds only what both share; it imports neither, so each stays importable on its own
-and ``matplotlib`` is needed only when a plot is drawn.
+- ``schedule_preview``: the lr a config will follow.
+- ``compare`` (with ``run_files``, ``seed_groups``, ``seed_stats``, ``comparison``, ``compare_table``,
+  ``compare_json``, ``compare_plot``): runs grouped by everything but the seed, mean and spread per
+  group, differences to a baseline group, validation curves with the seed range shaded.
+- ``spectra_report`` (with ``checkpoint_sources``, ``spectra_plots``): singular values, MCN and
+  GMCN of the hidden matrices of merged or unmerged checkpoints, read layer by layer.
+- ``model_eval`` (with ``merged_model``, ``heldout``, ``downstream``, ``eval_results``,
+  ``eval_errors``): held-out perplexity and lm-evaluation-harness tasks on a merged model, saved as
+  ``eval.json`` beside it.
+
+This package's ``__init__`` holds only what several share; it imports none of them, so each stays
+importable on its own and ``matplotlib`` is needed only when a plot is drawn.
 """
 
 from __future__ import annotations

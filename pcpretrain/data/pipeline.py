@@ -98,9 +98,9 @@ def prepare_data(cfg: DataConfig) -> PreparedData:
         validation = tokenizer.encode_batch(held_out_texts)
     elif cfg.validation_files or cfg.hub.validation_split:
         held_out = open_text(cfg, cache, split=cfg.hub.validation_split, files=cfg.validation_files)
-        validation = tokenizer.encode_batch(list(_head(held_out, MAX_VALIDATION_DOCUMENTS)))
+        validation = tokenizer.encode_batch(list(head_documents(held_out, MAX_VALIDATION_DOCUMENTS)))
     elif cfg.validation_shards_dir:
-        validation = list(_head(TokenShards(cfg.validation_shards_dir), MAX_VALIDATION_DOCUMENTS))
+        validation = list(head_documents(TokenShards(cfg.validation_shards_dir), MAX_VALIDATION_DOCUMENTS))
     else:
         skip_head = cfg.validation_documents
         head = list(itertools.islice(first.iter_shard(0), skip_head))
@@ -159,13 +159,13 @@ def settle_tokenizer(cfg: DataConfig, source: DocumentShards, cache: Path) -> To
     if isinstance(source, TokenShards):
         return Tokenizer.load(source.tokenizer_path)
     return load_or_train(
-        lambda: [text for text in _head(source, cfg.tokenizer.train_documents) if text],
+        lambda: [text for text in head_documents(source, cfg.tokenizer.train_documents) if text],
         cfg.tokenizer.vocab_size,
         cache / "tokenizers",
     )
 
 
-def _head(source: DocumentShards, count: int) -> Iterator[Any]:
+def head_documents(source: DocumentShards, count: int) -> Iterator[Any]:
     """The first ``count`` documents, walking the shards in order."""
     every = itertools.chain.from_iterable(source.iter_shard(s) for s in range(source.num_shards))
     return itertools.islice(every, count)

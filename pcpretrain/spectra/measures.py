@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from pcpretrain.compat import plain_parameter_name
 from pcpretrain.pc.polynomial import PC_COEFFICIENTS, check_degree
 
 # The hidden matrices of a Llama decoder layer; embeddings and the LM head are left out.
@@ -37,7 +38,7 @@ class HiddenMatrix:
 def hidden_matrix(name: str) -> HiddenMatrix | None:
     """The layer and kind of a state-dict name like ``model.layers.3.mlp.up_proj.weight``; None for any
     other tensor (embeddings, head, norms, PC buffers)."""
-    match = _HIDDEN.search(name.replace("._orig_mod.", "."))
+    match = _HIDDEN.search(plain_parameter_name(name))
     return HiddenMatrix(int(match.group(1)), match.group(2)) if match else None
 
 

@@ -12,9 +12,9 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from omegaconf import OmegaConf
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from pcpretrain import pc
+from pcpretrain.compat import ddp_ignore
 from pcpretrain.config import (
     ConfigError,
     TrainConfig,
@@ -33,9 +33,11 @@ from pcpretrain.pc import PCStep, ddp_ignored_names
 from pcpretrain.train import checkpoint as ckpt
 from pcpretrain.train.callbacks.checkpointing import Checkpointing
 from pcpretrain.train.callbacks.evaluation import Evaluation
+from pcpretrain.train.callbacks.layer_stats import ActivationRMS, LayerStats
 from pcpretrain.train.callbacks.metrics_file import MetricsFile, read_metrics
 from pcpretrain.train.callbacks.profiler import Profiler
 from pcpretrain.train.callbacks.progress import ConsoleProgress
+from pcpretrain.train.callbacks.spectral_monitor import SpectralMonitor
 from pcpretrain.train.callbacks.speed import SpeedMonitor
 from pcpretrain.train.callbacks.wandb_logger import WandbLogger
 from pcpretrain.train.engine import build_accelerator, launched_world_size
@@ -47,6 +49,7 @@ from pcpretrain.train.trainer import Trainer
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
+SPECTRA_FILE = "spectra.jsonl"
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
 OPTIMIZER_GROUPS_FILE = "optimizer_groups.json"
@@ -131,7 +134,7 @@ def build_training_parts(
         "optimizer step" if per_step_pc else "micro-batch forward",
     )
     if per_step_pc:  # a no-op unless accelerate wraps the model in DDP (which it may do for one process)
-        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ddp_ignored_names(model))
+        ddp_ignore(model, ddp_ignored_names(model))
     model.to(accelerator.device)
     optimizer = build_optimizer(model, cfg.optimizer, groups_file)
     scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.trainer.max_steps)
@@ -194,6 +197,7 @@ def run_training(cfg: TrainConfig, run_dir: Path) -> RunSummary:
             world_size=accelerator.num_processes,
         ),
         cfg.trainer.eval_every,
+        probes=[ActivationRMS()] if cfg.logger.layer_stats else [],
     )
     checkpointing = Checkpointing(cfg, ckpt_root, config_yaml, data.tokenizer)
     log_every = cfg.trainer.log_every
@@ -207,6 +211,12 @@ def run_training(cfg: TrainConfig, run_dir: Path) -> RunSummary:
         preemption,
         speed,
         evaluation,
+        *([LayerStats(log_every)] if cfg.logger.layer_stats else []),
+        *(
+            [SpectralMonitor(run_dir / SPECTRA_FILE, cfg.spectral.every, cfg.spectral.at_end)]
+            if cfg.spectral.every > 0 or cfg.spectral.at_end
+            else []
+        ),
         *([ConsoleProgress()] if cfg.logger.progress else []),
         MetricsFile(run_dir / METRICS_FILE, log_every),
     ]

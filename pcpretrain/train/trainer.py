@@ -1,6 +1,7 @@
 """The training loop. One optimizer step, in the order it happens, reads top to bottom in
 :meth:`Trainer.train_step`: begin the PC step, micro-batches, finish the PC step, clip, optimizer,
-spectral update, counters. Callbacks only observe the loop and add metrics.
+spectral update, counters. Callbacks only observe the loop (also between clipping and the optimizer
+step) and add metrics.
 """
 
 from __future__ import annotations
@@ -134,6 +135,7 @@ class Trainer:
         grad_norm = self._engine_grad_norm(loss) if self.engine_steps_in_backward else self._clip_gradients()
         nonfinite = StepValueMonitor.nonfinite(loss, grad_norm)
         if not self.engine_steps_in_backward:
+            self._emit("on_before_optimizer_step")
             self._optimizer_step(loss, grad_norm, nonfinite)
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)

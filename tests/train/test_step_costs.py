@@ -146,6 +146,26 @@ def host_reads() -> Iterator[list[str]]:
             setattr(torch.Tensor, name, original)
 
 
+def reads_after_warm_up(trainer: Trainer, warm_up_steps: int, last_step: int) -> tuple[list[int], list[str]]:
+    """Device-to-host reads of each step after a warm-up (lazily created state, first log), and of
+    the whole continued fit including its logging."""
+    trainer.last_step = warm_up_steps
+    trainer.fit()
+    trainer.last_step = last_step
+    reads_per_step: list[int] = []
+    original_step = trainer.train_step
+
+    def counted_step() -> None:
+        with host_reads() as calls:
+            original_step()
+        reads_per_step.append(len(calls))
+
+    trainer.train_step = counted_step  # type: ignore[method-assign]
+    with host_reads() as all_calls:
+        trainer.fit()
+    return reads_per_step, all_calls
+
+
 class LogsEvery(Callback):
     def __init__(self, every: int) -> None:
         self.every = every
@@ -163,20 +183,7 @@ def test_a_step_nobody_logs_reads_nothing_from_the_device_and_a_logged_one_reads
     logger = LogsEvery(3)
     callbacks = [Preemption(StopSignals(["SIGUSR1"])), logger]
     trainer = make_trainer(2, "pc.degree=4", f"optimizer={optimizer}", callbacks=callbacks)
-    trainer.last_step = 3
-    trainer.fit()  # warm-up: lazily created state, first log
-    trainer.last_step = 6
-    reads_per_step = []
-    original_step = trainer.train_step
-
-    def counted_step() -> None:
-        with host_reads() as calls:
-            original_step()
-        reads_per_step.append(len(calls))
-
-    trainer.train_step = counted_step
-    with host_reads() as all_calls:
-        trainer.fit()
+    reads_per_step, all_calls = reads_after_warm_up(trainer, warm_up_steps=3, last_step=6)
     assert reads_per_step == [0, 0, 0]
     assert all_calls == ["tolist"]  # step 6's values, with the PC statistics, in one transfer
     assert [r["step"] for r in logger.records if "loss" in r] == [3, 6]

@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pcpretrain.train.trainer import Trainer
+
+# Metrics computed only at intervals (evaluation, the spectral monitor): their steps are always logged.
+INTERVAL_METRICS = ("val_loss", "spectral/matrices")
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Counts over equal bins of ``[low, high]``, a metric value for trackers that draw histograms
+    (wandb); ``metrics.jsonl`` leaves it out, so its records stay flat JSON scalars."""
+
+    counts: list[int]
+    low: float
+    high: float
 
 
 class Callback:
@@ -20,6 +34,11 @@ class Callback:
 
     def on_step_start(self, trainer: Trainer) -> None:
         """Before the step's first micro-batch."""
+
+    def on_before_optimizer_step(self, trainer: Trainer) -> None:
+        """After clipping, right before the optimizer applies the gradients: ``.grad`` holds exactly what
+        it applies (``trainer.state.step`` is still the previous step). Not called under DeepSpeed,
+        whose engine clips and steps inside its ``backward``."""
 
     def needs_step_values(self, trainer: Trainer) -> bool:
         """Whether :meth:`on_step_end` of the step just finished wants ``loss`` and ``grad_norm`` in its
@@ -36,11 +55,16 @@ class Callback:
         """When the run is ending because of an exception; nothing may be saved here."""
 
 
-def log_due(trainer: Trainer, log_every: int) -> bool:
-    """Every ``log_every`` steps and the run's last step: when loggers need the step's values."""
-    return trainer.state.step % log_every == 0 or trainer.at_last_step
+def log_due(trainer: Trainer, log_every: int, step: int | None = None) -> bool:
+    """Every ``log_every`` steps and the run's last step: when loggers need the step's values.
+
+    ``step``: the step asked about, by default the one just finished; during a step, callbacks ask about
+    ``trainer.state.step + 1`` (a preemption may still make it the last step once it has finished).
+    """
+    step = trainer.state.step if step is None else step
+    return step % log_every == 0 or step >= trainer.last_step
 
 
 def is_log_step(trainer: Trainer, metrics: dict[str, Any], log_every: int) -> bool:
-    """Log every ``log_every`` steps, on evaluation steps and on the run's last step."""
-    return log_due(trainer, log_every) or "val_loss" in metrics
+    """Log every ``log_every`` steps, on evaluation and spectral-monitor steps and on the run's last step."""
+    return log_due(trainer, log_every) or any(key in metrics for key in INTERVAL_METRICS)

@@ -7,14 +7,15 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pcpretrain.train.callbacks.base import Callback, is_log_step, log_due
+from pcpretrain.train.callbacks.base import Callback, Histogram, is_log_step, log_due
 
 if TYPE_CHECKING:
     from pcpretrain.train.trainer import Trainer
 
 
 class MetricsFile(Callback):
-    """Appends logged records; on (re)start drops records past the step the run continues from.
+    """Appends logged records (scalars only: :class:`Histogram` values are for wandb); on (re)start
+    drops records past the step the run continues from.
 
     Without the truncation a run that crashed after its last checkpoint would, once resumed,
     show the steps between that checkpoint and the crash twice.
@@ -33,8 +34,9 @@ class MetricsFile(Callback):
 
     def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         if trainer.accelerator.is_main_process and is_log_step(trainer, metrics, self.log_every):
+            record = {key: value for key, value in metrics.items() if not isinstance(value, Histogram)}
             with self.path.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(metrics, sort_keys=True) + "\n")
+                handle.write(json.dumps(record, sort_keys=True) + "\n")
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pcpretrain.config import WandbConfig
-from pcpretrain.train.callbacks.base import Callback, is_log_step, log_due
+from pcpretrain.train.callbacks.base import Callback, Histogram, is_log_step, log_due
 
 if TYPE_CHECKING:
     from pcpretrain.train.trainer import Trainer
@@ -45,7 +45,7 @@ class WandbLogger(Callback):
 
     def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         if self.run is not None and is_log_step(trainer, metrics, self.log_every):
-            self.run.log(metrics, step=trainer.state.step)
+            self.run.log(wandb_values(metrics), step=trainer.state.step)
 
     def on_train_end(self, trainer: Trainer) -> None:
         self._finish(0)
@@ -57,3 +57,18 @@ class WandbLogger(Callback):
         if self.run is not None:
             self.run.finish(exit_code=exit_code)
             self.run = None
+
+
+def wandb_values(metrics: dict[str, Any]) -> dict[str, Any]:
+    """``metrics`` with each :class:`Histogram` as a ``wandb.Histogram`` (its bin edges spelled out)."""
+    import numpy as np
+    import wandb
+
+    return {
+        key: wandb.Histogram(
+            np_histogram=(value.counts, np.linspace(value.low, value.high, len(value.counts) + 1))
+        )
+        if isinstance(value, Histogram)
+        else value
+        for key, value in metrics.items()
+    }
