@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -30,6 +29,10 @@ commands:
 
 `pcpretrain train --help` lists the config groups and their options.
 """
+
+
+# Set once Hydra has composed a config and handed it to the task: a later exit status is the run's own.
+_TASK_STARTED = False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def train_command(overrides: list[str]) -> int:
     """Hand the overrides to Hydra, which composes the config and calls :func:`_train_task`."""
+    from pcpretrain.exit_codes import BAD_INPUT, TRAINING_FAILED, for_stop_signal
+    from pcpretrain.stop_signals import StopRequested, install_setup_handlers, restore_outer_handlers
+
+    install_setup_handlers()  # before anything slow: a stop signal during setup exits cleanly
     import hydra
 
     from pcpretrain.config import ConfigError, check_override_keys, register_configs
@@ -71,7 +78,7 @@ def train_command(overrides: list[str]) -> int:
         check_override_keys([o for o in overrides if not o.startswith("-")], _groups(config_dir))
     except ConfigError as exc:
         print(f"pcpretrain: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return BAD_INPUT
     register_configs()
     register_sweep_resolver(overrides)
     task = hydra.main(config_path=str(config_dir), config_name="train", version_base="1.3")(_train_task)
@@ -79,8 +86,17 @@ def train_command(overrides: list[str]) -> int:
     sys.argv = ["pcpretrain-train", *overrides]
     try:
         task()
+    except StopRequested as stop:
+        print(f"pcpretrain: {stop}", file=sys.stderr)
+        return for_stop_signal(stop.signal.name)
+    except SystemExit as exit_:
+        # Hydra reports an override or config it cannot compose with exit status 1, before any run.
+        if exit_.code == TRAINING_FAILED and not _TASK_STARTED:
+            return BAD_INPUT
+        raise
     finally:
         sys.argv = saved_argv
+        restore_outer_handlers()
     return 0
 
 
@@ -90,35 +106,18 @@ def _groups(config_dir: Path) -> set[str]:
 
 
 def _train_task(dict_cfg) -> None:
-    """One run (or one sweep point): typed config, run directory from Hydra, train, print the summary."""
+    """One run (or one sweep point): the run directory from Hydra, then train under its lock."""
     from hydra.core.hydra_config import HydraConfig
 
-    from pcpretrain.config import ConfigError, to_train_config, validate
+    from pcpretrain.run_guard import run_guarded
     from pcpretrain.slurm_env import export_torch_env_from_slurm
-    from pcpretrain.train.errors import TrainingError
 
+    global _TASK_STARTED
+    _TASK_STARTED = True
     export_torch_env_from_slurm()  # a task srun or submitit started directly joins the job's group
-    try:
-        cfg = to_train_config(dict_cfg)
-        run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
-        cfg.run.dir = str(run_dir)
-        # Before the heavy imports below, so bad input fails in a second; the launcher sets WORLD_SIZE.
-        validate(cfg, int(os.environ.get("WORLD_SIZE", "1")))
-        from pcpretrain.train.run import run_training
-
-        summary = run_training(cfg, run_dir)
-    except ConfigError as exc:
-        print(f"pcpretrain: configuration error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except (TrainingError, ValueError, FileNotFoundError) as exc:
-        print(f"pcpretrain: {type(exc).__name__}: {exc}", file=sys.stderr)
-        sys.exit(1)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print("\n" + summary.render(), flush=True)
-    if summary.stopped_by:
-        from pcpretrain.train.preemption import exit_preempted
-
-        exit_preempted(summary.stopped_by)
+    code = run_guarded(dict_cfg, Path(HydraConfig.get().runtime.output_dir).resolve())
+    if code:
+        sys.exit(code)
 
 
 def export_command(args: list[str]) -> int:
@@ -328,7 +327,7 @@ def tokenize_command(args: list[str]) -> int:
     parser.add_argument("--tokenizer", type=Path, required=True, help="a SentencePiece .model file")
     parser.add_argument("--out", type=Path, required=True, help="the token-shard directory to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
-    ns = parser.parse_args(args)
+    ns = parser.parse_intermixed_args(args)  # files may follow the options
     from pcpretrain.data.pretokenize import tokenize_to_shards
     from pcpretrain.data.tokenizer import Tokenizer
 
@@ -356,7 +355,7 @@ def tokenizer_command(args: list[str]) -> int:
     parser.add_argument("--out", type=Path, required=True, help="where to write the .model file")
     parser.add_argument("--vocab-size", type=int, default=32000)
     parser.add_argument("--documents", type=int, default=200_000, help="read at most this many documents")
-    ns = parser.parse_args(args)
+    ns = parser.parse_intermixed_args(args)  # files may follow the options
     import itertools
 
     from pcpretrain.data.tokenizer import train_sentencepiece

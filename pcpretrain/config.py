@@ -132,12 +132,22 @@ class SchedulerConfig:
     decay_fraction: float = 0.2
 
 
+# The size of a tokenizer trained on the configured corpus when ``data.tokenizer.vocab_size`` is null.
+TRAINED_VOCAB_SIZE = 4096
+HUB_TRAINED_VOCAB_SIZE = 32000
+
+
 @dataclass
 class TokenizerConfig:
-    """A SentencePiece model file, or ``path: null`` to use the token shards' own or train one (cached)."""
+    """A SentencePiece model file, or ``path: null`` to use the token shards' own or train one (cached).
+
+    ``vocab_size`` and ``train_documents`` describe the tokenizer trained here, so they may be set only
+    when there is none to load; ``vocab_size: null`` trains :data:`TRAINED_VOCAB_SIZE` pieces
+    (:data:`HUB_TRAINED_VOCAB_SIZE` for a Hub corpus).
+    """
 
     path: str | None = None
-    vocab_size: int = 4096
+    vocab_size: int | None = None
     train_documents: int = 50000
 
 
@@ -438,8 +448,16 @@ def _validate_data(cfg: TrainConfig) -> None:
             "data.hub.validation_split, data.validation_shards_dir or data.validation_documents "
             "(the first N documents of the source)"
         )
+    if d.tokenizer.vocab_size is not None and (d.tokenizer.path or d.source == "shards"):
+        given = f"data.tokenizer.path={d.tokenizer.path}" if d.tokenizer.path else "the shards' tokenizer"
+        raise ConfigError(
+            f"data.tokenizer.vocab_size={d.tokenizer.vocab_size} sizes a tokenizer trained here, but "
+            f"{given} is used as it is; drop data.tokenizer.vocab_size (its size is the file's), or drop "
+            "data.tokenizer.path to train one of that size"
+        )
     if d.tokenizer.path is None:
-        _positive("data.tokenizer.vocab_size", d.tokenizer.vocab_size)
+        if d.tokenizer.vocab_size is not None:
+            _positive("data.tokenizer.vocab_size", d.tokenizer.vocab_size)
         _positive("data.tokenizer.train_documents", d.tokenizer.train_documents)
     elif not Path(d.tokenizer.path).exists():
         raise ConfigError(

@@ -57,6 +57,9 @@ def test_metrics_records_carry_the_documented_fields(straight: Path) -> None:
             "pc/sigma_mean",
         } <= set(record)
     assert records[-1]["tokens"] == 8 * 8 * 64
+    # One lr per parameter category; `lr` is the hidden matrices' (param_groups[0] is pc_gamma's).
+    assert {"lr/hidden_matrix", "lr/pc_gamma", "lr/embedding", "lr/lm_head", "lr/vector"} <= set(records[-1])
+    assert all(r["lr"] == r["lr/hidden_matrix"] for r in records)
     assert "val_loss" in records[-1]
     assert (straight / "config.yaml").is_file() and load_yaml(straight / "config.yaml").pc.degree == 4
 

@@ -102,14 +102,15 @@ def test_training_from_token_shards(shards: Path, milton: Path, llama2: Path, tm
 @pytest.fixture(scope="module")
 def small_tokenizer(milton: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tok") / "tok.model"
+    # The order the usage text shows: options first, then the files.
     result = run_cli(
         "tokenizer",
         "train",
-        str(milton / "train-00000-of-00004.jsonl"),
         "--out",
         str(out),
         "--vocab-size",
         "600",
+        str(milton / "train-00000-of-00004.jsonl"),
     )
     assert "600 pieces" in result.stdout
     return out

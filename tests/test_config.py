@@ -161,3 +161,12 @@ def test_engine_and_optimizer_combinations_are_checked() -> None:
         validate(composed("distributed.stop_signals=[SIGKILL]"))
     for engine in ("single", "ddp", "fsdp", "zero1", "zero2", "zero3"):
         validate(composed(f"distributed={engine}"))
+
+
+def test_a_tokenizer_size_beside_a_tokenizer_file_is_refused_not_ignored(tmp_path: Path) -> None:
+    model = tmp_path / "tok.model"
+    model.write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"data.tokenizer.vocab_size=512 sizes a tokenizer trained here"):
+        validate(composed(f"data.tokenizer.path={model}", "data.tokenizer.vocab_size=512"))
+    validate(composed(f"data.tokenizer.path={model}"))
+    assert composed().data.tokenizer.vocab_size is None

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pcpretrain.config import DataConfig, MixtureSourceConfig
+from pcpretrain.config import HUB_TRAINED_VOCAB_SIZE, TRAINED_VOCAB_SIZE, DataConfig, MixtureSourceConfig
 from pcpretrain.data.in_memory import InMemoryShards
 from pcpretrain.data.sample_corpus import sample_documents, split_documents
 from pcpretrain.data.sources import TextSource
@@ -160,7 +160,7 @@ def settle_tokenizer(cfg: DataConfig, source: DocumentShards, cache: Path) -> To
         return Tokenizer.load(source.tokenizer_path)
     return load_or_train(
         lambda: [text for text in head_documents(source, cfg.tokenizer.train_documents) if text],
-        cfg.tokenizer.vocab_size,
+        cfg.tokenizer.vocab_size or (HUB_TRAINED_VOCAB_SIZE if cfg.source == "hub" else TRAINED_VOCAB_SIZE),
         cache / "tokenizers",
     )
 

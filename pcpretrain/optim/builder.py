@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
 from pcpretrain.config import OptimizerConfig
-from pcpretrain.optim.routing import log_and_save, route
+from pcpretrain.optim.routing import log_assignment, route
 
 
-def build_optimizer(
-    model: nn.Module, cfg: OptimizerConfig, assignment_file: Path | None = None
-) -> torch.optim.Optimizer:
-    """AdamW for every group, or Muon for hidden matrices with AdamW for the rest.
-
-    The group assignment is logged once and, when ``assignment_file`` is given, saved there.
-    """
-    groups = route(model, cfg)
-    log_and_save(groups, assignment_file)
-    param_groups = [group.as_param_group() for group in groups]
+def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """AdamW for every group, or Muon for hidden matrices with AdamW for the rest (the groups logged)."""
+    param_groups = [group.as_param_group() for group in route(model, cfg)]
+    log_assignment(param_groups)
     if cfg.name == "muon":
         from pcpretrain.optim.distributed_muon import DistributedMuon
 

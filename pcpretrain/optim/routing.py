@@ -13,11 +13,9 @@ such as the vocabulary (a small vocabulary must not send embeddings to Muon):
 from __future__ import annotations
 
 import fnmatch
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -92,25 +90,25 @@ def route(model: nn.Module, cfg: OptimizerConfig) -> list[Group]:
     return groups
 
 
-def describe(groups: list[Group]) -> list[dict[str, Any]]:
+def describe(param_groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The assignment as plain data: per group its optimizer, settings, count and parameter names."""
     return [
         {
-            "category": g.category,
-            "optimizer": "muon" if g.use_muon else "adamw",
-            "lr": g.lr,
-            "weight_decay": g.weight_decay,
-            "count": len(g.params),
-            "numel": sum(p.numel() for p in g.params),
-            "names": g.names,
+            "category": g["category"],
+            "optimizer": "muon" if g.get("use_muon") else "adamw",
+            "lr": g.get("initial_lr", g["lr"]),
+            "weight_decay": g["weight_decay"],
+            "count": len(g["params"]),
+            "numel": sum(p.numel() for p in g["params"]),
+            "names": list(g["names"]),
         }
-        for g in groups
+        for g in param_groups
     ]
 
 
-def log_and_save(groups: list[Group], path: Path | None) -> None:
-    """Log the assignment once and write it (with every parameter name) to ``path``."""
-    for entry in describe(groups):
+def log_assignment(param_groups: list[dict[str, Any]]) -> None:
+    """Log which parameters each optimizer group holds, once per run."""
+    for entry in describe(param_groups):
         log.info(
             "optimizer group %-13s -> %-5s %3d tensors %11d params lr=%.3g wd=%.3g",
             entry["category"],
@@ -120,5 +118,3 @@ def log_and_save(groups: list[Group], path: Path | None) -> None:
             entry["lr"],
             entry["weight_decay"],
         )
-    if path is not None:
-        path.write_text(json.dumps(describe(groups), indent=2), encoding="utf-8")

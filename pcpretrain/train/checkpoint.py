@@ -35,6 +35,8 @@ MANIFEST = "manifest.json"
 TRAINER_STATE = "trainer_state.json"
 CONFIG = "config.yaml"
 TOKENIZER = "tokenizer.model"
+# Which parameters each optimizer group holds: resuming checks the optimizer state will fit.
+OPTIMIZER_GROUPS = "optimizer_groups.json"
 MERGED_SUFFIX = "-merged"
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 _MERGED_DIR = re.compile(r"^step_(\d{8})-merged$")
@@ -90,6 +92,7 @@ def save_unmerged(
     config_yaml: str,
     tokenizer_model: Path,
     verify: str = "checksum",
+    assignment_json: str | None = None,
 ) -> Path:
     """Write everything needed to continue exactly; every rank adds its own data position."""
     final = unmerged_dir(root, step)
@@ -101,6 +104,8 @@ def save_unmerged(
                 json.dumps(trainer_state, indent=2, sort_keys=True), encoding="utf-8"
             )
             (tmp / CONFIG).write_text(config_yaml, encoding="utf-8")
+            if assignment_json is not None:
+                (tmp / OPTIMIZER_GROUPS).write_text(assignment_json, encoding="utf-8")
             shutil.copyfile(tokenizer_model, tmp / TOKENIZER)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:

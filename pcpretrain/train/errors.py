@@ -13,3 +13,7 @@ class NonFiniteLossError(TrainingError):
 
 class CheckpointError(TrainingError):
     """A checkpoint is missing, incomplete, damaged or does not fit this run."""
+
+
+class IncompatibleResume(CheckpointError):
+    """The checkpoint to resume from was written for another run (shape, optimizer, data geometry)."""

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import logging
 import signal
-import threading
-from collections.abc import Sequence
-from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import torch
 import torch.distributed as dist
 
+from pcpretrain.exit_codes import PREEMPTED, for_stop_signal
+from pcpretrain.stop_signals import StopSignals, outer_handler
 from pcpretrain.train.callbacks.base import Callback
 from pcpretrain.train.sharding import host_group, is_distributed
 
@@ -31,35 +30,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # EX_TEMPFAIL: "try again later". slurm/train.sbatch requeues the job when it sees this code.
-PREEMPTED_EXIT_CODE = 75
-
-
-class StopSignals:
-    """Records the first stop signal received; the previous handlers come back on :meth:`restore`."""
-
-    def __init__(self, names: Sequence[str]) -> None:
-        self.signals = [signal.Signals[name] for name in names]
-        self.received: signal.Signals | None = None
-        self._previous: dict[signal.Signals, Any] = {}
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            log.warning("not in the main thread: stop signals %s will not be handled", self.signals)
-            return
-        for signum in self.signals:
-            self._previous[signum] = signal.signal(signum, self._record)
-
-    def restore(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
-
-    def _record(self, signum: int, frame: FrameType | None) -> None:
-        if self.received is None:
-            self.received = signal.Signals(signum)
-            log.warning(
-                "received %s: stopping after the current step to write a checkpoint", self.received.name
-            )
+PREEMPTED_EXIT_CODE = PREEMPTED
+__all__ = ["PREEMPTED_EXIT_CODE", "Preemption", "StopSignals", "exit_preempted"]
 
 
 class Preemption(Callback):
@@ -102,12 +74,13 @@ class Preemption(Callback):
 
 
 def exit_preempted(signal_name: str | None) -> NoReturn:
-    """Leave with :data:`PREEMPTED_EXIT_CODE`, first letting an outer handler (submitit's requeue) run."""
-    if signal_name in signal.Signals.__members__:
-        handler = signal.getsignal(signal.Signals[signal_name])
+    """Leave with the stop's exit code (75, or 130 for Ctrl-C), first letting an outer handler
+    (submitit's requeue) run."""
+    if signal_name in signal.Signals.__members__ and signal_name != "SIGINT":
+        handler = outer_handler(signal.Signals[signal_name])
         if callable(handler):
             handler(signal.Signals[signal_name], None)
     # srun answers the first rank's exit with SIGTERM to the others; a rank still shutting down must
     # not die of it, or srun reports 143 instead of 75 and the job is not requeued.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise SystemExit(PREEMPTED_EXIT_CODE)
+    raise SystemExit(for_stop_signal(signal_name))

@@ -6,6 +6,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any, NoReturn
 
 import torch
 from accelerate import Accelerator
@@ -27,8 +28,10 @@ from pcpretrain.data.batches import PackedWindows, StreamComponent, StreamingBat
 from pcpretrain.data.pipeline import PreparedData, prepare_data
 from pcpretrain.data.stream import StreamSpec
 from pcpretrain.data.validation import validation_batches
+from pcpretrain.files import atomic_write_text
 from pcpretrain.model import build_model, flops_per_token, peak_flops
 from pcpretrain.optim import build_optimizer, build_scheduler, reapply_schedule
+from pcpretrain.optim.routing import describe
 from pcpretrain.pc import PCStep, ddp_ignored_names
 from pcpretrain.train import checkpoint as ckpt
 from pcpretrain.train.callbacks.checkpointing import Checkpointing
@@ -41,7 +44,7 @@ from pcpretrain.train.callbacks.spectral_monitor import SpectralMonitor
 from pcpretrain.train.callbacks.speed import SpeedMonitor
 from pcpretrain.train.callbacks.wandb_logger import WandbLogger
 from pcpretrain.train.engine import build_accelerator, launched_world_size
-from pcpretrain.train.errors import CheckpointError, NonFiniteLossError
+from pcpretrain.train.errors import CheckpointError, IncompatibleResume, NonFiniteLossError
 from pcpretrain.train.preemption import Preemption, StopSignals
 from pcpretrain.train.state import TrainState
 from pcpretrain.train.trainer import Trainer
@@ -111,6 +114,8 @@ class TrainingParts:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     pc_step: PCStep | None
+    # Which parameters each optimizer group holds (``optimizer_groups.json``, and in each checkpoint).
+    assignment: list[dict[str, Any]]
 
 
 def build_training_parts(
@@ -119,12 +124,8 @@ def build_training_parts(
     vocab_size: int,
     bos_id: int | None = 1,
     eos_id: int | None = 2,
-    groups_file: Path | None = None,
 ) -> TrainingParts:
-    """Model with PC layers, optimizer and schedule, prepared by ``accelerator``, and the PC step phases.
-
-    ``groups_file``: where to save which parameters each optimizer group holds (None: not saved).
-    """
+    """Model with PC layers, optimizer and schedule, prepared by ``accelerator``, and the PC step phases."""
     model, converted = build_training_model(cfg, vocab_size, bos_id, eos_id)
     per_step_pc = uses_per_step_pc(cfg)
     log.info(
@@ -136,10 +137,11 @@ def build_training_parts(
     if per_step_pc:  # a no-op unless accelerate wraps the model in DDP (which it may do for one process)
         ddp_ignore(model, ddp_ignored_names(model))
     model.to(accelerator.device)
-    optimizer = build_optimizer(model, cfg.optimizer, groups_file)
+    optimizer = build_optimizer(model, cfg.optimizer)
+    assignment = describe(optimizer.param_groups)
     scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.trainer.max_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    return TrainingParts(model, optimizer, scheduler, build_pc_step(cfg, model, accelerator))
+    return TrainingParts(model, optimizer, scheduler, build_pc_step(cfg, model, accelerator), assignment)
 
 
 def run_training(cfg: TrainConfig, run_dir: Path) -> RunSummary:
@@ -155,30 +157,27 @@ def run_training(cfg: TrainConfig, run_dir: Path) -> RunSummary:
     vocab_size = resolve_vocab_size(cfg, data)
     if resume_from is not None:
         check_compatible(resume_from, cfg, data)
-    run_dir.mkdir(parents=True, exist_ok=True)
 
-    parts = build_training_parts(
-        cfg,
-        accelerator,
-        vocab_size,
-        bos_id=data.tokenizer.bos_id,
-        eos_id=data.tokenizer.eos_id,
-        groups_file=run_dir / OPTIMIZER_GROUPS_FILE if accelerator.is_main_process else None,
-    )
+    parts = build_training_parts(cfg, accelerator, vocab_size, data.tokenizer.bos_id, data.tokenizer.eos_id)
     model, optimizer, scheduler = parts.model, parts.optimizer, parts.scheduler
 
     train_batches = build_train_batches(cfg, data, accelerator, accelerator.gradient_accumulation_steps)
     state = TrainState()
     if resume_from is not None:
+        check_same_routing(resume_from, parts.assignment)
         state = restore(accelerator, resume_from, train_batches)
         reapply_schedule(scheduler.scheduler)
         log.info("resumed from %s at step %d", resume_from, state.step)
     if state.step >= (cfg.trainer.stop_at or cfg.trainer.max_steps):
         log.warning("nothing to train: the run is at step %d already", state.step)
 
+    # Only now, with every check passed, is anything in the run directory written.
     config_yaml = to_yaml(cfg)
+    assignment_json = json.dumps(parts.assignment, indent=2)
     if accelerator.is_main_process:
-        (run_dir / CONFIG_FILE).write_text(config_yaml, encoding="utf-8")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / CONFIG_FILE, config_yaml)
+        atomic_write_text(run_dir / OPTIMIZER_GROUPS_FILE, assignment_json)
     speed = SpeedMonitor(
         tokens_per_step=cfg.trainer.batch_size * cfg.data.seq_len,
         flops_per_token=flops_per_token(cfg.model, vocab_size, cfg.data.seq_len),
@@ -199,7 +198,7 @@ def run_training(cfg: TrainConfig, run_dir: Path) -> RunSummary:
         cfg.trainer.eval_every,
         probes=[ActivationRMS()] if cfg.logger.layer_stats else [],
     )
-    checkpointing = Checkpointing(cfg, ckpt_root, config_yaml, data.tokenizer)
+    checkpointing = Checkpointing(cfg, ckpt_root, config_yaml, assignment_json, data.tokenizer, resume_from)
     log_every = cfg.trainer.log_every
     preemption = Preemption(StopSignals(cfg.distributed.stop_signals))
     callbacks = [
@@ -247,7 +246,7 @@ def run_training(cfg: TrainConfig, run_dir: Path) -> RunSummary:
     summary = summarize(run_dir, cfg, trainer, speed, checkpointing)
     summary.stopped_by = preemption.stopped_by
     if accelerator.is_main_process:
-        (run_dir / SUMMARY_FILE).write_text(json.dumps(asdict(summary), indent=2), encoding="utf-8")
+        atomic_write_text(run_dir / SUMMARY_FILE, json.dumps(asdict(summary), indent=2))
     return summary
 
 
@@ -280,7 +279,10 @@ def locate_resume(cfg: TrainConfig, ckpt_root: Path) -> Path | None:
             )
         return None
     path = Path(cfg.resume)
-    ckpt.verify_checkpoint(path)
+    try:
+        ckpt.verify_checkpoint(path)
+    except CheckpointError as exc:
+        raise ConfigError(f"resume={cfg.resume}: {exc}") from exc
     later = [p.name for p in ckpt.list_unmerged(ckpt_root) if p.name > path.name]
     if later:
         log.warning(
@@ -312,15 +314,20 @@ def check_compatible(checkpoint_dir: Path, cfg: TrainConfig, data: PreparedData)
         for f in fields(cfg.model)
         if f.name != "name" and getattr(saved.model, f.name) != getattr(cfg.model, f.name)
     ]
-    for key in ("degree", "targets"):
-        if getattr(saved.pc, key) != getattr(cfg.pc, key):
-            differences.append(
-                f"pc.{key}: checkpoint {getattr(saved.pc, key)!r}, now {getattr(cfg.pc, key)!r}"
-            )
+    for key, saved_value, value in (
+        ("pc.degree", saved.pc.degree, cfg.pc.degree),
+        ("pc.targets", saved.pc.targets, cfg.pc.targets),
+        ("optimizer.name", saved.optimizer.name, cfg.optimizer.name),
+        ("data.seq_len", saved.data.seq_len, cfg.data.seq_len),
+    ):
+        if saved_value != value:
+            differences.append(f"{key}: checkpoint {saved_value!r}, now {value!r}")
     if (checkpoint_dir / ckpt.TOKENIZER).read_bytes() != data.tokenizer.model_path.read_bytes():
         differences.append(
             f"tokenizer: {data.tokenizer.model_path} differs from the checkpoint's {ckpt.TOKENIZER}"
         )
+    if differences:
+        raise_incompatible(checkpoint_dir, differences)
     if saved.scheduler != cfg.scheduler or saved.trainer.max_steps != cfg.trainer.max_steps:
         log.warning(
             "schedule differs from the checkpoint's (%s, max_steps %d -> %s, %d); following the new one",
@@ -329,13 +336,33 @@ def check_compatible(checkpoint_dir: Path, cfg: TrainConfig, data: PreparedData)
             cfg.scheduler,
             cfg.trainer.max_steps,
         )
+
+
+def check_same_routing(checkpoint_dir: Path, assignment: list[dict[str, Any]]) -> None:
+    """Refuse a checkpoint whose optimizer groups hold other parameters or another optimizer (its
+    optimizer state would not fit); checkpoints written before this record existed pass."""
+    path = checkpoint_dir / ckpt.OPTIMIZER_GROUPS
+    if not path.is_file():
+        return
+    saved_groups = json.loads(path.read_text(encoding="utf-8"))
+    saved = {(g["category"], g["optimizer"]): g["names"] for g in saved_groups}
+    now = {(g["category"], g["optimizer"]): g["names"] for g in assignment}
+    differences = []
+    for key in sorted(saved.keys() | now.keys()):
+        if saved.get(key) != now.get(key):
+            where = "checkpoint only" if key not in now else "now only" if key not in saved else "changed"
+            differences.append(f"optimizer group {key[0]} ({key[1]}): {where}")
     if differences:
-        raise CheckpointError(
-            f"cannot resume from {checkpoint_dir}: it was written for a different run\n  "
-            + "\n  ".join(differences)
-            + "\nUse the checkpoint's settings, or start a new run with another run.dir "
-            "(nothing was overwritten)."
-        )
+        raise_incompatible(checkpoint_dir, differences)
+
+
+def raise_incompatible(checkpoint_dir: Path, differences: list[str]) -> NoReturn:
+    raise IncompatibleResume(
+        f"cannot resume from {checkpoint_dir}: it was written for a different run\n  "
+        + "\n  ".join(differences)
+        + "\nUse the checkpoint's settings, or start a new run with another run.dir "
+        "(nothing was overwritten)."
+    )
 
 
 def build_train_batches(
@@ -372,8 +399,11 @@ def restore(accelerator: Accelerator, checkpoint_dir: Path, train_batches: Strea
     try:
         train_batches.load_state_dict(ckpt.read_data_state(checkpoint_dir, accelerator.process_index))
     except ValueError as exc:
-        raise CheckpointError(f"cannot resume from {checkpoint_dir}: {exc}") from exc
-    accelerator.load_state(str(checkpoint_dir))
+        raise_incompatible(checkpoint_dir, [str(exc)])
+    try:
+        accelerator.load_state(str(checkpoint_dir))
+    except (KeyError, ValueError) as exc:  # an optimizer state of another shape, from older checkpoints
+        raise_incompatible(checkpoint_dir, [f"its model or optimizer state does not fit: {exc!r}"])
     return state
 
 

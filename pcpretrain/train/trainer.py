@@ -36,6 +36,14 @@ def skips_nonfinite_on_device(optimizer: torch.optim.Optimizer) -> bool:
     return bool(optimizer.defaults.get("fused"))
 
 
+def learning_rates(param_groups: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """The step's lr of each parameter category (``lr/<category>``) and, as ``lr``, the hidden
+    matrices' (the config's ``optimizer.lr``, scaled by the schedule)."""
+    by_category = {f"lr/{group.get('category', i)}": group["lr"] for i, group in enumerate(param_groups)}
+    main = by_category.get("lr/hidden_matrix", param_groups[0]["lr"])
+    return {"lr": main, **by_category}
+
+
 class Trainer:
     """Runs optimizer steps until ``stop_at`` (or ``max_steps``); callbacks observe each moment.
 
@@ -101,9 +109,9 @@ class Trainer:
             self._emit("on_train_start")
             while self.state.step < self.last_step:
                 self._emit("on_step_start")
-                lr = self.optimizer.param_groups[0]["lr"]
+                lrs = learning_rates(self.optimizer.param_groups)
                 self.train_step()
-                metrics: dict[str, Any] = {"step": self.state.step, "lr": lr}
+                metrics: dict[str, Any] = {"step": self.state.step, **lrs}
                 if any(callback.needs_step_values(self) for callback in self.callbacks):
                     extra = self.pc_step.statistics() if self.pc_step is not None else {}
                     values = self.step_values.read(extra)

@@ -22,12 +22,22 @@ log = logging.getLogger(__name__)
 class Checkpointing(Callback):
     """Saves the forms due at each step; prunes old ones. Never runs after a failed step."""
 
-    def __init__(self, cfg: TrainConfig, root: Path, config_yaml: str, tokenizer: Tokenizer) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        root: Path,
+        config_yaml: str,
+        assignment_json: str,
+        tokenizer: Tokenizer,
+        resumed_from: Path | None = None,
+    ) -> None:
         self.ckpt_cfg: CheckpointConfig = cfg.checkpoint
         self.cfg = cfg
         self.root = root
         self.config_yaml = config_yaml
+        self.assignment_json = assignment_json
         self.tokenizer = tokenizer
+        self.resumed_from = resumed_from
         self.saved: dict[str, Path] = {}
 
     def forms_due(self, trainer: Trainer) -> set[str]:
@@ -45,6 +55,24 @@ class Checkpointing(Callback):
         if trainer.accelerator.is_main_process:
             self.root.mkdir(parents=True, exist_ok=True)
             ckpt.remove_stale_temporaries(self.root)
+        if self.resumed_from is not None and trainer.at_last_step:
+            self.complete_last_save(trainer)
+
+    def complete_last_save(self, trainer: Trainer) -> None:
+        """A run resumed at its last step: write what its final save did not (the merged form if the
+        process was killed while writing it) and prune, as the uninterrupted run would have."""
+        assert self.resumed_from is not None
+        self.saved["unmerged"] = self.resumed_from
+        forms = self.forms_due(trainer) - {"unmerged"}
+        merged = ckpt.merged_dir(self.root, trainer.state.step)
+        if "merged" in forms:
+            if merged.is_dir():
+                self.saved["merged"] = merged
+            else:
+                log.warning("the final save of step %d lacks its merged form: writing it", trainer.state.step)
+                self.save_merged(trainer)
+        if trainer.accelerator.is_main_process:
+            ckpt.prune(self.root, self.ckpt_cfg.keep_last)
 
     def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         forms = self.forms_due(trainer)
@@ -66,6 +94,7 @@ class Checkpointing(Callback):
             self.config_yaml,
             self.tokenizer.model_path,
             self.ckpt_cfg.verify,
+            self.assignment_json,
         )
         self.saved["unmerged"] = path
         log.info("saved checkpoint %s", path)
