@@ -16,13 +16,18 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-PC_DEGREES = (0, 1, 2, 3, 4)
+from pcpretrain.choices import (
+    DEFAULT_PC_TARGETS,
+    LOSS_CHUNK_TOKENS,
+    NS_COEFFICIENT_SETS,
+    NS_DTYPES,
+    PC_DEGREES,
+)
+
 PC_TRANSFORM_EVERY = ("step", "forward")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 OPTIMIZERS = ("adamw", "muon")
-NS_COEFFICIENTS = ("simple", "quintic", "polar_express", "aol")
-NS_DTYPES = ("bfloat16", "float32")
 LR_ADJUSTMENTS = ("moonlight", "spectral_mup", "original")
 SCHEDULERS = ("cosine", "wsd", "linear")
 DATA_SOURCES = ("sample", "files", "hub", "shards", "mixture")
@@ -68,9 +73,7 @@ class PCConfig:
     """Polynomial preconditioning of selected weight matrices (degree 0 turns it off)."""
 
     degree: int = 4
-    targets: list[str] = field(
-        default_factory=lambda: ["*.mlp.gate_proj", "*.mlp.up_proj", "*.mlp.down_proj", "*.self_attn.o_proj"]
-    )
+    targets: list[str] = field(default_factory=lambda: list(DEFAULT_PC_TARGETS))
     power_iters: int = 10
     # step: W_eff computed once per optimizer step and back-propagated once (fast, default);
     # forward: recomputed in every micro-batch forward (the reference code's way, for comparison).
@@ -221,12 +224,14 @@ class TrainerConfig:
     micro_batch_size: int = 8
     grad_clip: float = 1.0
     precision: str = "auto"
+    # TF32 for the model's float32 matmuls on CUDA (the PC transform follows pc.tf32 instead).
+    tf32: bool = True
     device: str = "auto"
     # torch.compile of each decoder layer (regional compilation); null: on for CUDA, off on CPU.
     compile: bool | None = None
     # Tokens per chunk of the fused LM-head cross-entropy, so the vocabulary-wide logits never exist in
     # full; 0 computes all logits at once (the plain path, for comparison).
-    loss_chunk_tokens: int = 8192
+    loss_chunk_tokens: int = LOSS_CHUNK_TOKENS
     # Recompute each decoder layer's activations in the backward pass instead of storing them.
     activation_checkpointing: bool = False
     eval_every: int = 50
@@ -372,7 +377,7 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
         raise ConfigError(f"optimizer.betas={list(cfg.optimizer.betas)} must be two numbers in [0, 1)")
     if cfg.optimizer.adamw_lr is not None:
         _positive("optimizer.adamw_lr", cfg.optimizer.adamw_lr)
-    _choice("optimizer.ns_coefficients", cfg.optimizer.ns_coefficients, NS_COEFFICIENTS)
+    _choice("optimizer.ns_coefficients", cfg.optimizer.ns_coefficients, NS_COEFFICIENT_SETS)
     _choice("optimizer.ns_dtype", cfg.optimizer.ns_dtype, NS_DTYPES)
     _choice("optimizer.lr_adjust", cfg.optimizer.lr_adjust, LR_ADJUSTMENTS)
     _positive("optimizer.ns_steps", cfg.optimizer.ns_steps)

@@ -14,8 +14,9 @@ from torch import Tensor, nn
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from pcpretrain.choices import LOSS_CHUNK_TOKENS
 from pcpretrain.compat import uncompiled
-from pcpretrain.config import ModelConfig, TrainerConfig
+from pcpretrain.config import ModelConfig
 from pcpretrain.fused_cross_entropy import linear_cross_entropy
 
 
@@ -87,7 +88,7 @@ class PretrainingLlama(LlamaForCausalLM):
         self,
         *args: Any,
         targets: Tensor | None = None,
-        loss_chunk_tokens: int = TrainerConfig.loss_chunk_tokens,
+        loss_chunk_tokens: int = LOSS_CHUNK_TOKENS,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """With ``targets`` (next-token ids, shaped like ``input_ids``): the mean cross-entropy as ``loss``,

@@ -22,10 +22,11 @@ import torch
 from torch import Tensor
 from torch.optim.adamw import adamw as fused_adamw
 
+from pcpretrain.choices import NS_DTYPES as NS_DTYPE_NAMES
 from pcpretrain.optim.newton_schulz import coefficient_set, orthogonalize
 
 LR_ADJUSTMENTS = ("moonlight", "spectral_mup", "original")
-NS_DTYPES: dict[str, torch.dtype] = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+NS_DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in NS_DTYPE_NAMES}
 
 
 def matrix_shape(shape: Sequence[int]) -> tuple[int, int]:

@@ -20,12 +20,12 @@ from typing import Any
 
 from torch import nn
 
+from pcpretrain.choices import MUON_CATEGORIES, PARAMETER_CATEGORIES
 from pcpretrain.config import CategoryConfig, OptimizerConfig
 
 log = logging.getLogger(__name__)
 
-CATEGORIES = ("pc_gamma", "embedding", "lm_head", "vector", "hidden_matrix")
-MUON_CATEGORIES = ("hidden_matrix",)
+CATEGORIES = PARAMETER_CATEGORIES
 
 RULES: tuple[tuple[str, Callable[[str, nn.Parameter], bool]], ...] = (
     ("pc_gamma", lambda name, p: fnmatch.fnmatchcase(name, "*.pc_gamma")),

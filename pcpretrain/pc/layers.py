@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pcpretrain.pc.polynomial import check_degree
-from pcpretrain.pc.precision import compute_dtype
+from pcpretrain.pc.precision import compute_dtype, cuda_tf32
 from pcpretrain.pc.spectral import power_iteration_, spectral_norm_estimate
 from pcpretrain.pc.transform import effective_weight
 
@@ -57,6 +57,8 @@ class PCLinear(nn.Linear):
         # forward's compute dtype), and the float32 sum of their gradients with respect to it.
         self.step_weight: Tensor | None = None
         self.step_grad: Tensor | None = None
+        # TF32 for the transform's float32 matmuls on CUDA when W_eff is computed in the forward (pc.tf32).
+        self.tf32 = True
 
     @classmethod
     def from_linear(
@@ -68,7 +70,10 @@ class PCLinear(nn.Linear):
         return effective_weight(self.weight, self.pc_gamma, self.pc_u, self.pc_v, self.degree)
 
     def forward(self, x: Tensor) -> Tensor:
-        weight = self.step_weight if self.step_weight is not None else self.effective_weight()
+        weight = self.step_weight
+        if weight is None:
+            with cuda_tf32(self.tf32):
+                weight = self.effective_weight()
         return F.linear(x, weight, self.bias)
 
     @torch.no_grad()

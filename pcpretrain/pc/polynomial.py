@@ -14,13 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-# Coefficients of q_k in ascending powers of the Gram matrix G. Single source of truth.
-PC_COEFFICIENTS: dict[int, tuple[float, ...]] = {
-    1: (1.507, -0.507),
-    2: (2.083, -1.643, 0.560),
-    3: (2.909, -4.649, 4.023, -1.283),
-    4: (3.625, -9.261, 14.097, -10.351, 2.890),
-}
+from pcpretrain.choices import PC_COEFFICIENTS
 
 
 def check_degree(degree: int) -> int:

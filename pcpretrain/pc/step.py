@@ -107,6 +107,8 @@ class PCStep:
         self.forward_dtype = forward_dtype
         self.world = world
         self.tf32 = tf32
+        for _, layer in pc_modules(model):  # the per-forward transform honours pc.tf32 too
+            layer.tf32 = tf32
 
     def begin(self) -> None:
         """Compute every layer's W_eff for the coming step; micro-batches then share it."""

@@ -8,16 +8,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from pcpretrain.choices import DEFAULT_PC_TARGETS
 from pcpretrain.pc.layers import PCLinear, pc_modules
 from pcpretrain.pc.polynomial import check_degree
 from pcpretrain.pc.step import PCStep
 
-DEFAULT_TARGETS: tuple[str, ...] = (
-    "*.mlp.gate_proj",
-    "*.mlp.up_proj",
-    "*.mlp.down_proj",
-    "*.self_attn.o_proj",
-)
+DEFAULT_TARGETS = DEFAULT_PC_TARGETS
 
 
 def apply_pc(

@@ -76,8 +76,8 @@ def build_accelerator(cfg: TrainConfig) -> Accelerator:
         # Tell DeepSpeed (imported on demand below) what it would otherwise guess, with a warning per run.
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if device == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = cfg.trainer.tf32
+        torch.backends.cudnn.allow_tf32 = cfg.trainer.tf32
     group_kwargs: dict[str, Any] = {"timeout": timedelta(seconds=cfg.distributed.timeout_s)}
     engine_kwargs: dict[str, Any] = {}
     if engine == "fsdp":

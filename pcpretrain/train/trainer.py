@@ -14,7 +14,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from torch import Tensor, nn
 
-from pcpretrain.config import TrainerConfig
+from pcpretrain.choices import LOSS_CHUNK_TOKENS
 from pcpretrain.pc import PCStep
 from pcpretrain.train.callbacks.base import Callback
 from pcpretrain.train.loss import causal_lm_loss
@@ -64,7 +64,7 @@ class Trainer:
         max_steps: int,
         stop_at: int | None = None,
         grad_clip: float = 1.0,
-        loss_chunk_tokens: int = TrainerConfig.loss_chunk_tokens,
+        loss_chunk_tokens: int = LOSS_CHUNK_TOKENS,
         pc_step: PCStep | None = None,
         callbacks: Sequence[Callback] = (),
     ) -> None:

@@ -277,3 +277,25 @@ def test_per_step_weight_in_autocast_dtype_gives_the_per_forward_gradients() -> 
         assert per_step[name].dtype == torch.float32
         rel = float((per_step[name] - grad).norm() / grad.norm())
         assert name.endswith("pc_gamma") or rel < 2e-2, (name, rel)
+
+
+@pytest.mark.parametrize("tf32", [True, False])
+def test_the_per_forward_transform_runs_under_pc_tf32_and_restores_the_global_flag(
+    tf32: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = nn.Sequential(nn.Linear(8, 6, bias=False))
+    apply_pc(model, 2, ["0"], 2, seed=0)
+    PCStep(model, per_step=False, tf32=tf32)
+    seen = []
+    layer = model[0]
+    original = type(layer).effective_weight
+
+    def recording(self: nn.Module) -> torch.Tensor:
+        seen.append(torch.backends.cuda.matmul.allow_tf32)
+        return original(self)
+
+    monkeypatch.setattr(type(layer), "effective_weight", recording)
+    before = torch.backends.cuda.matmul.allow_tf32
+    model(torch.randn(2, 8))
+    assert seen == [tf32]
+    assert torch.backends.cuda.matmul.allow_tf32 == before

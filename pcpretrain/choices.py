@@ -1,0 +1,35 @@
+"""The one home of values that several modules must agree on: allowed names and shared defaults.
+
+Kept free of torch, so :mod:`pcpretrain.config` validates a config in a second; the modules that
+implement each choice (the PC polynomial, Newton-Schulz, routing, the loss head) import from here.
+"""
+
+from __future__ import annotations
+
+# Coefficients of the PC polynomial q_k in ascending powers of the Gram matrix, by degree k.
+PC_COEFFICIENTS: dict[int, tuple[float, ...]] = {
+    1: (1.507, -0.507),
+    2: (2.083, -1.643, 0.560),
+    3: (2.909, -4.649, 4.023, -1.283),
+    4: (3.625, -9.261, 14.097, -10.351, 2.890),
+}
+# 0 turns preconditioning off.
+PC_DEGREES: tuple[int, ...] = (0, *PC_COEFFICIENTS)
+# The matrices preconditioned by default: the FFN matrices and the attention output projection.
+DEFAULT_PC_TARGETS: tuple[str, ...] = (
+    "*.mlp.gate_proj",
+    "*.mlp.up_proj",
+    "*.mlp.down_proj",
+    "*.self_attn.o_proj",
+)
+
+# Newton-Schulz coefficient sets (defined in pcpretrain.optim.newton_schulz) and iteration dtypes.
+NS_COEFFICIENT_SETS: tuple[str, ...] = ("simple", "quintic", "polar_express", "aol")
+NS_DTYPES: tuple[str, ...] = ("bfloat16", "float32")
+
+# Parameter categories in routing order (first matching rule wins), and those Muon takes.
+PARAMETER_CATEGORIES: tuple[str, ...] = ("pc_gamma", "embedding", "lm_head", "vector", "hidden_matrix")
+MUON_CATEGORIES: tuple[str, ...] = ("hidden_matrix",)
+
+# Tokens per chunk of the fused LM-head loss (0: all logits at once).
+LOSS_CHUNK_TOKENS = 8192
