@@ -133,8 +133,8 @@ def export_command(args: list[str]) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty out_dir")
     ns = parser.parse_args(args)
 
+    from pcpretrain.errors import TrainingError
     from pcpretrain.export import export_checkpoint
-    from pcpretrain.train.errors import TrainingError
 
     try:
         out = export_checkpoint(ns.checkpoint, ns.out_dir, overwrite=ns.overwrite)
@@ -185,7 +185,7 @@ def spectra_command(args: list[str]) -> int:
     from safetensors import SafetensorError
 
     from pcpretrain.analysis.spectra_report import spectra_report
-    from pcpretrain.train.errors import TrainingError
+    from pcpretrain.errors import TrainingError
 
     out = ns.out or (ns.paths[0] / "spectra" if ns.paths[0].is_dir() else Path("spectra"))
     try:
@@ -219,7 +219,7 @@ def eval_command(args: list[str]) -> int:
     from pcpretrain.analysis.eval_errors import EvalInputError
     from pcpretrain.analysis.eval_results import scores_table
     from pcpretrain.analysis.model_eval import EvalRequest, evaluate_model
-    from pcpretrain.train.errors import TrainingError
+    from pcpretrain.errors import TrainingError
 
     request = EvalRequest(
         model_dir=ns.model_dir,

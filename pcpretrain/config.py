@@ -23,6 +23,7 @@ from pcpretrain.choices import (
     NS_DTYPES,
     PC_DEGREES,
 )
+from pcpretrain.errors import ConfigError
 
 PC_TRANSFORM_EVERY = ("step", "forward")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -38,10 +39,6 @@ ENGINES = ("single", "ddp", "fsdp", "zero1", "zero2", "zero3")
 ZERO_ENGINES = ("zero1", "zero2", "zero3")
 STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT")
 VERIFY_MODES = ("checksum", "size")
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the key and what is allowed."""
 
 
 @dataclass

@@ -15,14 +15,14 @@ import torch
 from safetensors.torch import save_file
 from transformers import GenerationConfig
 
+from pcpretrain import checkpoint as ckpt
 from pcpretrain import pc
+from pcpretrain.checkpoint_weights import layer_groups, open_weights
 from pcpretrain.compat import plain_parameter_name
 from pcpretrain.config import ConfigError, load_yaml
 from pcpretrain.data.tokenizer import Tokenizer
+from pcpretrain.errors import CheckpointError
 from pcpretrain.model import llama_config
-from pcpretrain.train import checkpoint as ckpt
-from pcpretrain.train.checkpoint_weights import layer_groups, open_weights
-from pcpretrain.train.errors import CheckpointError
 
 EMBEDDING = "model.embed_tokens.weight"
 # transformers' own default shard size for save_pretrained.

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from pcpretrain.config import ConfigError
+from pcpretrain.errors import ConfigError
 
 RESOLVER = "pcpretrain_run_name"
 LOG_RESOLVER = "pcpretrain_log_file"

@@ -74,7 +74,7 @@ def finish(summary: RunSummary, rank: int) -> int:
 def exit_code(error: BaseException) -> int:
     """The documented exit code of a run that ended with ``error``."""
     from pcpretrain.data.sources import DataSourceError
-    from pcpretrain.train.errors import IncompatibleResume
+    from pcpretrain.errors import IncompatibleResume
 
     if isinstance(error, ConfigError | DataSourceError | RunDirLocked | IncompatibleResume):
         return exit_codes.BAD_INPUT
@@ -87,7 +87,7 @@ def exit_code(error: BaseException) -> int:
 
 def report(error: BaseException, code: int) -> None:
     """The error on the console and in the run's log files; a traceback only for the unforeseen."""
-    from pcpretrain.train.errors import TrainingError
+    from pcpretrain.errors import TrainingError
 
     foreseen = isinstance(error, ConfigError | TrainingError | StopRequested | KeyboardInterrupt) or (
         code == exit_codes.BAD_INPUT

@@ -165,6 +165,7 @@ def test_files_source_with_the_llama2_tokenizer(shared_dir: Path, tmp_path: Path
         f"data.train_files=[{milton}/train-*.jsonl]",
         f"data.validation_files=[{milton}/validation.jsonl]",
         f"data.tokenizer.path={shared_dir / 'tokenizers' / 'llama2' / 'tokenizer.model'}",
+        "data.tokenizer.vocab_size=null",  # TINY_OVERRIDES sizes a trained one
         "model.vocab_size=32000",
         "trainer.max_steps=2",
         f"run.dir={tmp_path}",

@@ -42,6 +42,7 @@ def files_overrides(milton: Path, llama2: Path) -> list[str]:
         f"data.train_files=[{milton}/train-*.jsonl]",
         f"data.validation_files=[{milton}/validation.jsonl]",
         f"data.tokenizer.path={llama2}",
+        "data.tokenizer.vocab_size=null",  # TINY_OVERRIDES sizes a trained one
         "model.vocab_size=32000",
         "data.seq_len=64",
     ]
@@ -89,6 +90,7 @@ def test_training_from_token_shards(shards: Path, milton: Path, llama2: Path, tm
         "train",
         *TINY_OVERRIDES,
         "data=shards",
+        "data.tokenizer.vocab_size=null",  # TINY_OVERRIDES sizes a trained one
         f"data.shards_dir={shards}",
         f"data.validation_shards_dir={val}",
         "model.vocab_size=32000",
@@ -130,9 +132,11 @@ def test_token_shards_with_another_tokenizer_are_refused_before_training(
         "train",
         *TINY_OVERRIDES,
         "data=shards",
+        "data.tokenizer.vocab_size=null",  # TINY_OVERRIDES sizes a trained one
         f"data.shards_dir={shards}",
         "data.validation_documents=5",
         f"data.tokenizer.path={small_tokenizer}",
+        "data.tokenizer.vocab_size=null",  # TINY_OVERRIDES sizes a trained one
         f"run.dir={tmp_path / 'run'}",
         expect_ok=False,
     )
@@ -166,6 +170,7 @@ def test_weighted_mixture_of_files_and_token_shards_trains_and_resumes(
         mixture,
         f"data.validation_files=[{milton}/validation.jsonl]",
         f"data.tokenizer.path={llama2}",
+        "data.tokenizer.vocab_size=null",  # TINY_OVERRIDES sizes a trained one
         "model.vocab_size=32000",
         "data.seq_len=64",
         "trainer.max_steps=4",

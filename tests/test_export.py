@@ -10,11 +10,11 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from pcpretrain import pc
+from pcpretrain.checkpoint_weights import layer_groups
 from pcpretrain.config import ModelConfig
 from pcpretrain.data.tokenizer import Tokenizer
 from pcpretrain.export import write_merged_groups, write_merged_model
 from pcpretrain.model import build_model
-from pcpretrain.train.checkpoint_weights import layer_groups
 
 MODEL = ModelConfig(hidden_size=32, intermediate_size=80, num_layers=3, num_heads=4, max_seq_len=64)
 

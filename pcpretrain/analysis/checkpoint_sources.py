@@ -15,9 +15,9 @@ from pathlib import Path
 
 from torch import Tensor
 
+from pcpretrain import checkpoint as ckpt
 from pcpretrain.analysis.run_files import CHECKPOINTS_DIR, find_runs
-from pcpretrain.train import checkpoint as ckpt
-from pcpretrain.train.checkpoint_weights import SAFETENSORS_FILE, CheckpointWeights, SafetensorsWeights
+from pcpretrain.checkpoint_weights import SAFETENSORS_FILE, CheckpointWeights, SafetensorsWeights
 
 HF_CONFIG = "config.json"
 SAFETENSORS_INDEX = "model.safetensors.index.json"

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pcpretrain.analysis.eval_results import read_scores
 
-# The names training writes (pcpretrain.train.run, pcpretrain.train.checkpoint), repeated here so that
+# The names training writes (pcpretrain.train.run, pcpretrain.checkpoint), repeated here so that
 # reading a run does not import torch.
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"

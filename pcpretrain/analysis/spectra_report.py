@@ -17,8 +17,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from pcpretrain import checkpoint as ckpt
 from pcpretrain.analysis import text_table
 from pcpretrain.analysis.checkpoint_sources import UNMERGED, Checkpoint, ModelDirWeights, find_checkpoints
+from pcpretrain.checkpoint_weights import CheckpointWeights, layer_groups, open_weights
 from pcpretrain.compat import plain_parameter_name
 from pcpretrain.config import load_yaml
 from pcpretrain.export import read_merged_info
@@ -27,8 +29,6 @@ from pcpretrain.pc import pc_layer_scales
 from pcpretrain.pc.layers import PC_SUFFIXES
 from pcpretrain.spectra.analysis import MatrixSpectrum, SpectraReport, matrix_spectra, singular_values
 from pcpretrain.spectra.measures import hidden_matrix
-from pcpretrain.train import checkpoint as ckpt
-from pcpretrain.train.checkpoint_weights import CheckpointWeights, layer_groups, open_weights
 
 RECORDS_FILE = "spectra.jsonl"
 

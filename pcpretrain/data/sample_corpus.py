@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import re
 import sys
 import sysconfig
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+from pcpretrain.files import atomic_write_text
 
 # Bump when the extraction rules change, so stale caches are not reused.
 CORPUS_FORMAT_VERSION = 1
@@ -131,14 +131,5 @@ def _read_jsonl_texts(path: Path) -> list[str] | None:
 
 
 def _write_jsonl_texts_atomic(path: Path, texts: Sequence[str]) -> None:
-    """Write a jsonl file via a temp file and `os.replace`, so readers never see a partial cache."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for text in texts:
-                handle.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    """Write the texts as a jsonl file atomically, so readers never see a partial cache."""
+    atomic_write_text(path, "".join(json.dumps({"text": text}, ensure_ascii=False) + "\n" for text in texts))

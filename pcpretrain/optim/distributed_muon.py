@@ -32,7 +32,7 @@ from torch.distributed.tensor import DTensor, Placement, Shard
 
 from pcpretrain.compat import local_shard
 from pcpretrain.optim.muon import NS_DTYPES, Muon, orthogonalize_stack, stacked_directions
-from pcpretrain.train.sharding import is_distributed, slice_bounds
+from pcpretrain.sharding import is_distributed, slice_bounds
 
 
 def wire_dtype(dtype: torch.dtype, group: dict[str, Any]) -> torch.dtype:

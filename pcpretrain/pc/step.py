@@ -28,7 +28,7 @@ from pcpretrain.pc.layers import PCLinear, pc_modules
 from pcpretrain.pc.precision import compute_dtype, cuda_tf32
 from pcpretrain.pc.spectral import power_iteration_, spectral_norm_estimate
 from pcpretrain.pc.transform import effective_weight, effective_weight_vjp
-from pcpretrain.train.sharding import (
+from pcpretrain.sharding import (
     broadcast_slices,
     full_stack,
     gathered,

@@ -20,9 +20,9 @@ import torch
 import torch.distributed as dist
 
 from pcpretrain.exit_codes import PREEMPTED, for_stop_signal
+from pcpretrain.sharding import host_group, is_distributed
 from pcpretrain.stop_signals import StopSignals, outer_handler
 from pcpretrain.train.callbacks.base import Callback
-from pcpretrain.train.sharding import host_group, is_distributed
 
 if TYPE_CHECKING:
     from pcpretrain.train.trainer import Trainer

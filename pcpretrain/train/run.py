@@ -14,6 +14,7 @@ from accelerate.utils import set_seed
 from omegaconf import OmegaConf
 from torch import nn
 
+from pcpretrain import checkpoint as ckpt
 from pcpretrain import pc
 from pcpretrain.compat import ddp_ignore
 from pcpretrain.config import (
@@ -28,12 +29,12 @@ from pcpretrain.data.batches import PackedWindows, StreamComponent, StreamingBat
 from pcpretrain.data.pipeline import PreparedData, prepare_data
 from pcpretrain.data.stream import StreamSpec
 from pcpretrain.data.validation import validation_batches
+from pcpretrain.errors import CheckpointError, IncompatibleResume, NonFiniteLossError
 from pcpretrain.files import atomic_write_text
 from pcpretrain.model import build_model, flops_per_token, peak_flops
 from pcpretrain.optim import build_optimizer, build_scheduler, reapply_schedule
 from pcpretrain.optim.routing import describe
 from pcpretrain.pc import PCStep, ddp_ignored_names
-from pcpretrain.train import checkpoint as ckpt
 from pcpretrain.train.callbacks.checkpointing import Checkpointing
 from pcpretrain.train.callbacks.evaluation import Evaluation
 from pcpretrain.train.callbacks.layer_stats import ActivationRMS, LayerStats
@@ -44,7 +45,6 @@ from pcpretrain.train.callbacks.spectral_monitor import SpectralMonitor
 from pcpretrain.train.callbacks.speed import SpeedMonitor
 from pcpretrain.train.callbacks.wandb_logger import WandbLogger
 from pcpretrain.train.engine import build_accelerator, launched_world_size
-from pcpretrain.train.errors import CheckpointError, IncompatibleResume, NonFiniteLossError
 from pcpretrain.train.preemption import Preemption, StopSignals
 from pcpretrain.train.state import TrainState
 from pcpretrain.train.trainer import Trainer

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from pcpretrain.train.errors import NonFiniteLossError
+from pcpretrain.errors import NonFiniteLossError
 
 
 @dataclass

@@ -16,9 +16,9 @@ from torch import Tensor, nn
 
 from pcpretrain.choices import LOSS_CHUNK_TOKENS
 from pcpretrain.pc import PCStep
+from pcpretrain.sharding import full_tensor
 from pcpretrain.train.callbacks.base import Callback
 from pcpretrain.train.loss import causal_lm_loss
-from pcpretrain.train.sharding import full_tensor
 from pcpretrain.train.state import TrainState
 from pcpretrain.train.step_values import StepValueMonitor, check_finite_now
 

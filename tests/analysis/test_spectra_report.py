@@ -12,18 +12,18 @@ import torch
 from helpers import TINY_OVERRIDES, run_cli
 from safetensors.torch import load_file, save_file
 
+from pcpretrain import checkpoint as ckpt
 from pcpretrain import cli, pc
 from pcpretrain.analysis.checkpoint_sources import MERGED, UNMERGED, find_checkpoints
 from pcpretrain.analysis.spectra_plots import GMCN_PNG, HISTOGRAM_PNG, MCN_PNG
 from pcpretrain.analysis.spectra_report import RECORDS_FILE, analyse, read_records, spectra_report
+from pcpretrain.checkpoint_weights import layer_groups
 from pcpretrain.config import ModelConfig, TrainConfig, to_yaml
 from pcpretrain.data.tokenizer import Tokenizer
 from pcpretrain.export import MERGED_INFO, export_checkpoint, run_info, write_merged_groups
 from pcpretrain.model import build_model
 from pcpretrain.spectra.analysis import SpectraReport
 from pcpretrain.spectra.measures import mcn
-from pcpretrain.train import checkpoint as ckpt
-from pcpretrain.train.checkpoint_weights import layer_groups
 
 MODEL = ModelConfig(hidden_size=32, intermediate_size=80, num_layers=3, num_heads=4, max_seq_len=64)
 DEGREE = 4

@@ -22,7 +22,7 @@ from helpers import (
     train_split,
 )
 
-from pcpretrain.train.checkpoint_weights import FSDP_MODEL_DIR
+from pcpretrain.checkpoint_weights import FSDP_MODEL_DIR
 
 pytestmark = pytest.mark.slow
 

@@ -38,6 +38,7 @@ def test_llama_1b_with_pc_degree_4_under_sharded_engines_matches_single(
         "pc.degree=4",
         "optimizer.lr=3e-4",
         f"data.tokenizer.path={shared_dir / 'tokenizers' / 'llama2' / 'tokenizer.model'}",
+        "data.tokenizer.vocab_size=null",  # TINY_OVERRIDES sizes a trained one
         "data.seq_len=512",
         "trainer.max_steps=3",
         "trainer.batch_size=8",

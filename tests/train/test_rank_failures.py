@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from helpers import TINY_OVERRIDES, launched_workers, read_metrics, run_cli, start_cli, wait_until
 
-from pcpretrain.train import checkpoint as ckpt
+from pcpretrain import checkpoint as ckpt
 
 pytestmark = pytest.mark.slow
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from helpers import tiny_config
 
+from pcpretrain import checkpoint as ckpt
 from pcpretrain.config import ConfigError
-from pcpretrain.train import checkpoint as ckpt
+from pcpretrain.errors import CheckpointError, NonFiniteLossError
 from pcpretrain.train import trainer as trainer_module
-from pcpretrain.train.errors import CheckpointError, NonFiniteLossError
 from pcpretrain.train.run import build_training_model, run_training
 
 

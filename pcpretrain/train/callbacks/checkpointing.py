@@ -6,10 +6,10 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pcpretrain import checkpoint as ckpt
 from pcpretrain.config import CheckpointConfig
 from pcpretrain.data.tokenizer import Tokenizer
 from pcpretrain.export import run_info, write_merged_model
-from pcpretrain.train import checkpoint as ckpt
 from pcpretrain.train.callbacks.base import Callback
 
 if TYPE_CHECKING:

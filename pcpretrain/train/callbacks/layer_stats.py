@@ -19,8 +19,8 @@ from torch import Tensor, nn
 
 from pcpretrain.compat import plain_parameter_name
 from pcpretrain.pc import PCLinear, pc_modules
+from pcpretrain.sharding import full_stack, full_tensor, gathered
 from pcpretrain.train.callbacks.base import Callback, log_due
-from pcpretrain.train.sharding import full_stack, full_tensor, gathered
 
 if TYPE_CHECKING:
     from pcpretrain.train.trainer import Trainer

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pcpretrain.files import atomic_write_text
 from pcpretrain.train.callbacks.base import Callback, Histogram, is_log_step, log_due
 
 if TYPE_CHECKING:
@@ -51,6 +51,4 @@ def truncate_after(path: Path, step: int) -> None:
     if not path.exists():
         return
     kept = [record for record in read_metrics(path) if record.get("step", 0) <= step]
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(record, sort_keys=True) + "\n" for record in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(record, sort_keys=True) + "\n" for record in kept))

@@ -22,11 +22,11 @@ from pcpretrain.compat import plain_parameter_name
 from pcpretrain.pc import PCLinear
 from pcpretrain.pc.groups import full_shape, stack_buffers
 from pcpretrain.pc.spectral import spectral_norm_estimate
+from pcpretrain.sharding import broadcast_slices, full_stack, rank_and_world, slice_bounds
 from pcpretrain.spectra.analysis import METRIC_PREFIX, SpectraReport, matrix_spectra, singular_values
 from pcpretrain.spectra.measures import hidden_matrix
 from pcpretrain.train.callbacks.base import Callback, Histogram
 from pcpretrain.train.callbacks.metrics_file import truncate_after
-from pcpretrain.train.sharding import broadcast_slices, full_stack, rank_and_world, slice_bounds
 
 if TYPE_CHECKING:
     from pcpretrain.train.trainer import Trainer

@@ -19,12 +19,12 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
 from pcpretrain import pc
+from pcpretrain.checkpoint_weights import DistributedCheckpointWeights, layer_groups
 from pcpretrain.config import ModelConfig, OptimizerConfig
 from pcpretrain.model import build_model
 from pcpretrain.optim import build_optimizer
-from pcpretrain.train.checkpoint_weights import DistributedCheckpointWeights, layer_groups
+from pcpretrain.sharding import full_tensor, local_like
 from pcpretrain.train.loss import causal_lm_loss
-from pcpretrain.train.sharding import full_tensor, local_like
 
 VOCAB = 96
 MODEL = ModelConfig(hidden_size=32, intermediate_size=80, num_layers=2, num_heads=4, max_seq_len=64)

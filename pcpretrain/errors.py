@@ -1,6 +1,11 @@
-"""Errors that end a run with a clear message instead of a traceback."""
+"""Errors that end a run with a clear message instead of a traceback (no imports: every layer may use
+them)."""
 
 from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the key and what is allowed."""
 
 
 class TrainingError(RuntimeError):

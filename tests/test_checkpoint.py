@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pcpretrain.train import checkpoint as ckpt
-from pcpretrain.train.errors import CheckpointError
+from pcpretrain import checkpoint as ckpt
+from pcpretrain.errors import CheckpointError
 
 
 def fake_checkpoint(root: Path, step: int, checksums: bool = True) -> Path:

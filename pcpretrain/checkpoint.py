@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
+from pcpretrain.errors import CheckpointError
 from pcpretrain.files import fsync_dir, sha256_file
-from pcpretrain.train.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import torch
 from safetensors import safe_open
 from torch import Tensor
 
-from pcpretrain.train.errors import CheckpointError
+from pcpretrain.errors import CheckpointError
 
 SAFETENSORS_FILE = "model.safetensors"
 FSDP_MODEL_DIR = "pytorch_model_fsdp_0"
