@@ -154,7 +154,8 @@ def test_missing_path_is_named(tmp_path: Path) -> None:
         f"run.dir={tmp_path / 'run'}",
         expect_ok=False,
     )
-    assert result.returncode == 1 and "nothing-*.jsonl" in result.stderr
+    assert result.returncode == 2 and "nothing-*.jsonl" in result.stderr
+    assert not (tmp_path / "run").exists()  # refused before anything was written: no run directory
 
 
 def test_weighted_mixture_of_files_and_token_shards_trains_and_resumes(

@@ -67,7 +67,7 @@ def test_resume_with_another_process_count_is_refused_clearly(tmp_path: Path) ->
         "train", *SPLIT_OVERRIDES, "data.num_workers=0", "trainer.stop_at=2", f"run.dir={run_dir}", nproc=2
     )
     result = run_cli("train", *SPLIT_OVERRIDES, "data.num_workers=0", f"run.dir={run_dir}", expect_ok=False)
-    assert result.returncode == 1
+    assert result.returncode == 2  # refused input: nothing was written
     assert "process" in result.stderr and "step_00000002" in result.stderr
     assert (run_dir / "checkpoints" / "step_00000002" / "manifest.json").is_file()
 
