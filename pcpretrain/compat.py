@@ -8,6 +8,7 @@ training.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -78,3 +79,16 @@ def local_shard(tensor: Tensor) -> Tensor:
     from torch.distributed.tensor import DTensor
 
     return tensor._local_tensor if isinstance(tensor, DTensor) else tensor
+
+
+def zero3_copy_next_gradients(engine: Any) -> None:
+    """Have DeepSpeed ZeRO-3 copy, not add, the gradients of the next backward into its partitions.
+
+    Stage 3 copies each gradient into the parameter's partition in a step's first micro-step and adds it
+    in later ones (its optimizer's ``micro_step_id``), counting on every parameter receiving a gradient
+    in the first. The PC weights and gammas receive theirs only in one backward after all micro-batches,
+    so with accumulation it would add onto the previous step's gradient still in their partitions.
+    Only parameters with a gradient in that backward are touched, so the others' sums are kept.
+    """
+    if engine.zero_optimization_stage() == 3:
+        engine.optimizer.micro_step_id = 0

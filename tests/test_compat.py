@@ -74,3 +74,21 @@ def test_local_shard_is_the_held_tensor_itself(tmp_path) -> None:
         assert torch.equal(compat.local_shard(sharded), torch.arange(4.0))
     finally:
         dist.destroy_process_group()
+
+
+def test_zero3_gradients_are_copied_at_micro_step_zero_and_only_stage_3_is_reset() -> None:
+    import inspect
+    from types import SimpleNamespace
+
+    from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
+
+    # The DeepSpeed behaviour the helper relies on: copy at micro_step_id 0, add after.
+    assert "if self.micro_step_id == 0:  # don't accumulate" in inspect.getsource(
+        DeepSpeedZeroOptimizer_Stage3
+    )
+    for stage, expected in ((3, 0), (2, 5)):
+        engine = SimpleNamespace(
+            zero_optimization_stage=lambda s=stage: s, optimizer=SimpleNamespace(micro_step_id=5)
+        )
+        compat.zero3_copy_next_gradients(engine)
+        assert engine.optimizer.micro_step_id == expected

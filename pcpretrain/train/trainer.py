@@ -15,6 +15,7 @@ from accelerate.utils import DistributedType
 from torch import Tensor, nn
 
 from pcpretrain.choices import LOSS_CHUNK_TOKENS
+from pcpretrain.compat import zero3_copy_next_gradients
 from pcpretrain.pc import PCStep
 from pcpretrain.sharding import full_tensor
 from pcpretrain.train.callbacks.base import Callback
@@ -179,9 +180,9 @@ class Trainer:
 
         The micro-batch losses were already scaled by the accumulation steps; the PC gradients too.
         """
-        self.accelerator.deepspeed_engine_wrapped.backward(
-            surrogate, sync_gradients=True, scale_wrt_gas=False
-        )
+        wrapped = self.accelerator.deepspeed_engine_wrapped
+        zero3_copy_next_gradients(wrapped.engine)
+        wrapped.backward(surrogate, sync_gradients=True, scale_wrt_gas=False)
 
     def _clip_gradients(self) -> Tensor:
         """Clip to ``grad_clip`` (0: no clipping) and return the total norm, as a device tensor."""
