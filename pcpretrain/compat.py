@@ -92,3 +92,11 @@ def zero3_copy_next_gradients(engine: Any) -> None:
     """
     if engine.zero_optimization_stage() == 3:
         engine.optimizer.micro_step_id = 0
+
+
+def output_cache(outputs: Any) -> dict[str, Any]:
+    """A model output's KV cache as the keyword the output classes of this transformers take: ``cache``
+    (recent 5.x, where ``past_key_values`` is a deprecated alias) or ``past_key_values`` (earlier 5.x)."""
+    if "cache" in type(outputs).__dataclass_fields__:
+        return {"cache": outputs.cache}
+    return {"past_key_values": outputs.past_key_values}

@@ -302,7 +302,7 @@ class SpectralConfig:
     schedule's last step. Written to ``spectra.jsonl`` and as ``spectral/*`` metrics.
     """
 
-    every: int = 1000
+    every: int = 3000
     at_end: bool = True
 
 

@@ -15,7 +15,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from pcpretrain.choices import LOSS_CHUNK_TOKENS
-from pcpretrain.compat import uncompiled
+from pcpretrain.compat import output_cache, uncompiled
 from pcpretrain.config import ModelConfig
 from pcpretrain.fused_cross_entropy import linear_cross_entropy
 
@@ -107,7 +107,7 @@ class PretrainingLlama(LlamaForCausalLM):
         loss = self.lm_head(outputs.last_hidden_state, targets=targets, chunk_tokens=loss_chunk_tokens)
         return CausalLMOutputWithPast(
             loss=loss,
-            cache=outputs.cache,
+            **output_cache(outputs),
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )

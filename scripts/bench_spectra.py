@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from pcpretrain.config import ModelConfig, PCConfig, TrainConfig
+from pcpretrain.config import ModelConfig, PCConfig, SpectralConfig, TrainConfig
 from pcpretrain.train.callbacks.spectral_monitor import hidden_groups, model_spectra
 from pcpretrain.train.run import build_training_model
 
@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument(
         "--warmup", type=int, default=None, help="untimed analyses first (default: 1 on GPUs)"
     )
-    parser.add_argument("--every", type=int, default=1000, help="spectral.every: steps between analyses")
+    parser.add_argument("--every", type=int, default=SpectralConfig.every, help="spectral.every: steps apart")
     parser.add_argument("--step-seconds", type=float, default=0.9, help="an optimizer step's assumed time")
     args = parser.parse_args()
     device = torch.device(args.device)

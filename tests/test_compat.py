@@ -92,3 +92,12 @@ def test_zero3_gradients_are_copied_at_micro_step_zero_and_only_stage_3_is_reset
         )
         compat.zero3_copy_next_gradients(engine)
         assert engine.optimizer.micro_step_id == expected
+
+
+def test_output_cache_uses_the_field_the_output_classes_have() -> None:
+    from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+    outputs = BaseModelOutputWithPast(last_hidden_state=torch.zeros(1))
+    keyword = compat.output_cache(outputs)
+    assert list(keyword) == [next(k for k in ("cache", "past_key_values") if k in keyword)]
+    assert CausalLMOutputWithPast(**keyword) is not None
