@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pcpretrain import pc
+from pcpretrain.choices import DEFAULT_PC_TARGETS
 from pcpretrain.config import ModelConfig, TrainConfig
 from pcpretrain.data.sample_corpus import docstrings_of
 from pcpretrain.data.tokenizer import Tokenizer, train_sentencepiece
@@ -73,7 +74,7 @@ def tiny_merged_model(
     cfg.data.seq_len = seq_len
     torch.manual_seed(0)
     model = build_model(cfg.model, tokenizer.vocab_size, tokenizer.bos_id, tokenizer.eos_id)
-    pc.apply_pc(model, degree, pc.DEFAULT_TARGETS, power_iters=10, seed=0)
+    pc.apply_pc(model, degree, DEFAULT_PC_TARGETS, power_iters=10, seed=0)
     write_merged_model(
         model.state_dict(),
         model_cfg=cfg.model,

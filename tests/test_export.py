@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from pcpretrain import pc
 from pcpretrain.checkpoint_weights import layer_groups
+from pcpretrain.choices import DEFAULT_PC_TARGETS
 from pcpretrain.config import ModelConfig
 from pcpretrain.data.tokenizer import Tokenizer
 from pcpretrain.export import write_merged_groups, write_merged_model
@@ -28,7 +29,7 @@ def tokenizer(shared_dir: Path) -> Tokenizer:
 def pc_model(tokenizer: Tokenizer) -> torch.nn.Module:
     torch.manual_seed(0)
     model = build_model(MODEL, tokenizer.vocab_size, tokenizer.bos_id, tokenizer.eos_id)
-    pc.apply_pc(model, 4, pc.DEFAULT_TARGETS, power_iters=10, seed=0)
+    pc.apply_pc(model, 4, DEFAULT_PC_TARGETS, power_iters=10, seed=0)
     return model.eval()
 
 

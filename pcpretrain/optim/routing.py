@@ -25,7 +25,6 @@ from pcpretrain.config import CategoryConfig, OptimizerConfig
 
 log = logging.getLogger(__name__)
 
-CATEGORIES = PARAMETER_CATEGORIES
 
 RULES: tuple[tuple[str, Callable[[str, nn.Parameter], bool]], ...] = (
     ("pc_gamma", lambda name, p: fnmatch.fnmatchcase(name, "*.pc_gamma")),
@@ -65,7 +64,7 @@ class Group:
 
 def route(model: nn.Module, cfg: OptimizerConfig) -> list[Group]:
     """One group per non-empty category, with the category's lr multiplier and weight decay."""
-    members: dict[str, list[tuple[str, nn.Parameter]]] = {category: [] for category in CATEGORIES}
+    members: dict[str, list[tuple[str, nn.Parameter]]] = {category: [] for category in PARAMETER_CATEGORIES}
     for name, param in model.named_parameters():
         if param.requires_grad:
             members[categorize(name, param)].append((name, param))

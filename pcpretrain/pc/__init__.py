@@ -12,11 +12,10 @@ from pcpretrain.pc.layers import PCLinear, pc_modules
 from pcpretrain.pc.merge import merge_state_dict, pc_layer_scales
 from pcpretrain.pc.polynomial import PC_COEFFICIENTS, check_degree, polynomial_map, precondition
 from pcpretrain.pc.step import PCStep, ddp_ignored_names
-from pcpretrain.pc.surgery import DEFAULT_TARGETS, apply_pc
+from pcpretrain.pc.surgery import apply_pc
 from pcpretrain.pc.transform import effective_weight, effective_weight_vjp
 
 __all__ = [
-    "DEFAULT_TARGETS",
     "PC_COEFFICIENTS",
     "PCLinear",
     "PCStep",

@@ -13,13 +13,11 @@ from pcpretrain.pc.layers import PCLinear, pc_modules
 from pcpretrain.pc.polynomial import check_degree
 from pcpretrain.pc.step import PCStep
 
-DEFAULT_TARGETS = DEFAULT_PC_TARGETS
-
 
 def apply_pc(
     model: nn.Module,
     degree: int,
-    targets: Sequence[str] = DEFAULT_TARGETS,
+    targets: Sequence[str] = DEFAULT_PC_TARGETS,
     power_iters: int = 10,
     seed: int = 0,
 ) -> list[str]:

@@ -6,8 +6,8 @@ the signal. After each step the ranks add up their flags in one all-reduce, so a
 rank alone still stops all of them at the same step (on the host, through a gloo group: agreeing on
 a flag must not make the host wait for the device's queued work); the checkpointing callback then
 writes the ``trainer.stop_at``-style checkpoint, and the process exits with
-:data:`PREEMPTED_EXIT_CODE` so the batch script (or submitit) requeues the job, which resumes from
-that checkpoint on its own (``resume=auto``).
+:data:`pcpretrain.exit_codes.PREEMPTED` (75) so the batch script (or submitit) requeues the job,
+which resumes from that checkpoint on its own (``resume=auto``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import torch
 import torch.distributed as dist
 
-from pcpretrain.exit_codes import PREEMPTED, for_stop_signal
+from pcpretrain.exit_codes import for_stop_signal
 from pcpretrain.sharding import host_group, is_distributed
 from pcpretrain.stop_signals import StopSignals, outer_handler
 from pcpretrain.train.callbacks.base import Callback
@@ -28,10 +28,6 @@ if TYPE_CHECKING:
     from pcpretrain.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
-
-# EX_TEMPFAIL: "try again later". slurm/train.sbatch requeues the job when it sees this code.
-PREEMPTED_EXIT_CODE = PREEMPTED
-__all__ = ["PREEMPTED_EXIT_CODE", "Preemption", "StopSignals", "exit_preempted"]
 
 
 class Preemption(Callback):

@@ -35,6 +35,7 @@ from pcpretrain.model import build_model, flops_per_token, peak_flops
 from pcpretrain.optim import build_optimizer, build_scheduler, reapply_schedule
 from pcpretrain.optim.routing import describe
 from pcpretrain.pc import PCStep, ddp_ignored_names
+from pcpretrain.stop_signals import StopSignals
 from pcpretrain.train.callbacks.checkpointing import Checkpointing
 from pcpretrain.train.callbacks.evaluation import Evaluation
 from pcpretrain.train.callbacks.layer_stats import ActivationRMS, LayerStats
@@ -45,7 +46,7 @@ from pcpretrain.train.callbacks.spectral_monitor import SpectralMonitor
 from pcpretrain.train.callbacks.speed import SpeedMonitor
 from pcpretrain.train.callbacks.wandb_logger import WandbLogger
 from pcpretrain.train.engine import build_accelerator, launched_world_size
-from pcpretrain.train.preemption import Preemption, StopSignals
+from pcpretrain.train.preemption import Preemption
 from pcpretrain.train.state import TrainState
 from pcpretrain.train.trainer import Trainer
 

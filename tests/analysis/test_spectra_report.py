@@ -18,6 +18,7 @@ from pcpretrain.analysis.checkpoint_sources import MERGED, UNMERGED, find_checkp
 from pcpretrain.analysis.spectra_plots import GMCN_PNG, HISTOGRAM_PNG, MCN_PNG
 from pcpretrain.analysis.spectra_report import RECORDS_FILE, analyse, read_records, spectra_report
 from pcpretrain.checkpoint_weights import layer_groups
+from pcpretrain.choices import DEFAULT_PC_TARGETS
 from pcpretrain.config import ModelConfig, TrainConfig, to_yaml
 from pcpretrain.data.tokenizer import Tokenizer
 from pcpretrain.export import MERGED_INFO, export_checkpoint, run_info, write_merged_groups
@@ -71,7 +72,7 @@ def model_dirs(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     tokenizer = Tokenizer.load(shared_dir / "tokenizers" / "llama2" / "tokenizer.model")
     torch.manual_seed(0)
     model = build_model(MODEL, tokenizer.vocab_size, tokenizer.bos_id, tokenizer.eos_id)
-    pc.apply_pc(model, DEGREE, pc.DEFAULT_TARGETS, power_iters=10, seed=0)
+    pc.apply_pc(model, DEGREE, DEFAULT_PC_TARGETS, power_iters=10, seed=0)
     with torch.no_grad():
         for index, (_, module) in enumerate(pc.pc_modules(model)):
             module.pc_gamma.fill_(-0.6 if index == 0 else 0.5 + 0.1 * index)

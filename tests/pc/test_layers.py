@@ -10,8 +10,8 @@ from pc_reference import F64, rand
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from pcpretrain.choices import DEFAULT_PC_TARGETS
 from pcpretrain.pc import (
-    DEFAULT_TARGETS,
     PCLinear,
     PCStep,
     apply_pc,
@@ -113,7 +113,7 @@ def test_apply_pc_on_llama(intermediate_size):
 def test_apply_pc_errors_and_degree_zero():
     model = tiny_llama()
     with pytest.raises(ValueError, match=re.escape("*.mlp.nonexistent")) as info:
-        apply_pc(model, 4, targets=[*DEFAULT_TARGETS, "*.mlp.nonexistent"])
+        apply_pc(model, 4, targets=[*DEFAULT_PC_TARGETS, "*.mlp.nonexistent"])
     assert "q_proj" in str(info.value)  # shows example module names
     assert pc_modules(model) == []  # nothing half-converted
     assert apply_pc(model, 0) == [] and pc_modules(model) == []

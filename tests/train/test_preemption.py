@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 from helpers import TINY_OVERRIDES, launched_workers, read_metrics, run_cli, start_cli, wait_until
 
-from pcpretrain.train.preemption import PREEMPTED_EXIT_CODE, StopSignals, exit_preempted
+from pcpretrain.exit_codes import PREEMPTED
+from pcpretrain.stop_signals import StopSignals
+from pcpretrain.train.preemption import exit_preempted
 
 STEPS = 30
 OVERRIDES = [*TINY_OVERRIDES, f"trainer.max_steps={STEPS}", "data.num_workers=0"]
@@ -41,7 +43,7 @@ def test_exit_preempted_lets_an_outer_handler_run_then_exits_75_deaf_to_sigterm(
     finally:
         signal.signal(signal.SIGUSR2, previous)
         signal.signal(signal.SIGTERM, previous_term)
-    assert exited.value.code == PREEMPTED_EXIT_CODE == 75
+    assert exited.value.code == PREEMPTED == 75
     assert calls == [signal.SIGUSR2]
 
 
@@ -73,7 +75,7 @@ def test_signal_checkpoints_exits_75_and_rerun_resumes_exactly(
     ]
     # Rank 0 stops although only rank `signal_rank` was signalled; torchrun reports failed workers as 1.
     assert f"stopped by      {'SIGUSR1' if signal_rank == 0 else 'peer rank'}" in interrupted.stdout
-    assert interrupted.returncode == (PREEMPTED_EXIT_CODE if nproc == 1 else 1)
+    assert interrupted.returncode == (PREEMPTED if nproc == 1 else 1)
 
     run_cli("train", *OVERRIDES, f"run.dir={tmp_path / 'resumed'}", nproc=nproc)
     straight, resumed = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")

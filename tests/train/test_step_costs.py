@@ -17,9 +17,10 @@ import torch
 from helpers import compose_config, is_top_level_op
 from torch.profiler import ProfilerActivity, profile
 
+from pcpretrain.stop_signals import StopSignals
 from pcpretrain.train.callbacks.base import Callback
 from pcpretrain.train.engine import build_accelerator
-from pcpretrain.train.preemption import Preemption, StopSignals
+from pcpretrain.train.preemption import Preemption
 from pcpretrain.train.run import build_training_parts
 from pcpretrain.train.state import TrainState
 from pcpretrain.train.trainer import Trainer

@@ -20,6 +20,7 @@ from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 from deepspeed.utils import safe_get_full_grad
 
 from pcpretrain import pc
+from pcpretrain.choices import DEFAULT_PC_TARGETS
 from pcpretrain.config import ModelConfig
 from pcpretrain.model import build_model
 from pcpretrain.train.loss import causal_lm_loss
@@ -49,7 +50,7 @@ def worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
 def _losses_and_grads() -> dict:
     torch.manual_seed(0)
     model = build_model(MODEL, VOCAB)
-    pc.apply_pc(model, 2, pc.DEFAULT_TARGETS, power_iters=10, seed=0)
+    pc.apply_pc(model, 2, DEFAULT_PC_TARGETS, power_iters=10, seed=0)
     reference = copy.deepcopy(model)
     engine, *_ = deepspeed.initialize(
         model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.0), config=CONFIG
