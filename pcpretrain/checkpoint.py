@@ -3,12 +3,17 @@
 Layout of ``<run.dir>/checkpoints/``::
 
     step_00000008/            unmerged: accelerate state (model, optimizer, scheduler, RNG) +
-                              trainer_state.json, config.yaml, tokenizer.model, manifest.json
+                              trainer_state.json, config.yaml, the tokenizer's files, manifest.json
     step_00000008-merged/     merged: a plain Hugging Face Llama directory
     .tmp-step_00000010/       a save in progress (or one a crash interrupted; removed on restart)
 
 A directory is only ever renamed into place once fully written and its manifest (file sizes and
 SHA-256 digests) is on disk, so a crash at any moment leaves earlier checkpoints untouched.
+
+The tokenizer's defining files (``Tokenizer.save_files``) lie at the checkpoint root: a SentencePiece
+``tokenizer.model`` (as always, so older checkpoints resume), or a Hugging Face ``tokenizer.json`` with
+its ``tokenizer_config.json``/``special_tokens_map.json``. ``load_tokenizer(checkpoint_dir)`` reads
+either, since a directory with ``tokenizer.model`` is SentencePiece and one with ``tokenizer.json`` is not.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate import Accelerator
@@ -29,11 +34,15 @@ from accelerate import Accelerator
 from pcpretrain.errors import CheckpointError
 from pcpretrain.files import fsync_dir, sha256_file
 
+if TYPE_CHECKING:
+    from pcpretrain.data.tokenizer_base import Tokenizer
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 TRAINER_STATE = "trainer_state.json"
 CONFIG = "config.yaml"
+# The SentencePiece tokenizer's file in a checkpoint (a Hugging Face one writes tokenizer.json instead).
 TOKENIZER = "tokenizer.model"
 # Which parameters each optimizer group holds: resuming checks the optimizer state will fit.
 OPTIMIZER_GROUPS = "optimizer_groups.json"
@@ -90,7 +99,7 @@ def save_unmerged(
     trainer_state: dict[str, Any],
     data_state: dict[str, Any],
     config_yaml: str,
-    tokenizer_model: Path,
+    tokenizer: Tokenizer,
     verify: str = "checksum",
     assignment_json: str | None = None,
 ) -> Path:
@@ -106,7 +115,7 @@ def save_unmerged(
             (tmp / CONFIG).write_text(config_yaml, encoding="utf-8")
             if assignment_json is not None:
                 (tmp / OPTIMIZER_GROUPS).write_text(assignment_json, encoding="utf-8")
-            shutil.copyfile(tokenizer_model, tmp / TOKENIZER)
+            tokenizer.save_files(tmp)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             write_manifest(tmp, with_checksums=verify == "checksum")

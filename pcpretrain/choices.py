@@ -6,6 +6,8 @@ implement each choice (the PC polynomial, Newton-Schulz, routing, the loss head)
 
 from __future__ import annotations
 
+import re
+
 # Coefficients of the PC polynomial q_k in ascending powers of the Gram matrix, by degree k.
 PC_COEFFICIENTS: dict[int, tuple[float, ...]] = {
     1: (1.507, -0.507),
@@ -33,3 +35,19 @@ MUON_CATEGORIES: tuple[str, ...] = ("hidden_matrix",)
 
 # Tokens per chunk of the fused LM-head loss (0: all logits at once).
 LOSS_CHUNK_TOKENS = 8192
+
+# Tokenizers trained here (data.tokenizer.kind, `pcpretrain tokenizer train --kind`): a Llama-2 style
+# SentencePiece BPE, or a Llama-3 style byte-level BPE (a Hugging Face tokenizer.json).
+TOKENIZER_KINDS: tuple[str, ...] = ("sentencepiece", "bpe")
+# A Hugging Face Hub repository id ("org/name"); a path to a tokenizer file is never one.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+_TOKENIZER_FILE_SUFFIXES = (".model", ".json")
+
+
+def looks_like_hub_id(value: str) -> bool:
+    """Whether ``value`` (not an existing local path) names a Hub repository rather than a missing file."""
+    return bool(_HUB_ID.fullmatch(value)) and not value.endswith(_TOKENIZER_FILE_SUFFIXES)
+
+
+# `model.vocab_size: null` rounds the tokenizer's size up to a multiple of this (faster matmuls).
+VOCAB_MULTIPLE = 64

@@ -22,6 +22,8 @@ from pcpretrain.choices import (
     NS_COEFFICIENT_SETS,
     NS_DTYPES,
     PC_DEGREES,
+    TOKENIZER_KINDS,
+    looks_like_hub_id,
 )
 from pcpretrain.errors import ConfigError
 
@@ -139,16 +141,23 @@ HUB_TRAINED_VOCAB_SIZE = 32000
 
 @dataclass
 class TokenizerConfig:
-    """A SentencePiece model file, or ``path: null`` to use the token shards' own or train one (cached).
+    """The tokenizer: ``path`` is a SentencePiece ``.model``, a ``tokenizer.json``, a tokenizer directory
+    (``tokenizer.model`` inside is SentencePiece, else ``tokenizer.json``) or a Hub id ``org/name``;
+    ``path: null`` uses the token shards' own or trains one of ``kind`` (cached).
 
-    ``vocab_size`` and ``train_documents`` describe the tokenizer trained here, so they may be set only
-    when there is none to load; ``vocab_size: null`` trains :data:`TRAINED_VOCAB_SIZE` pieces
-    (:data:`HUB_TRAINED_VOCAB_SIZE` for a Hub corpus).
+    ``kind`` (``sentencepiece``: Llama-2 style; ``bpe``: Llama-3 style byte-level BPE), ``vocab_size``
+    and ``train_documents`` describe the tokenizer trained here, so the last two may be set only when
+    there is none to load; ``vocab_size: null`` trains :data:`TRAINED_VOCAB_SIZE` ids
+    (:data:`HUB_TRAINED_VOCAB_SIZE` for a Hub corpus). ``bos_token``/``eos_token`` replace the
+    tokenizer's own BOS/EOS for packing (``data.add_bos``/``add_eos``); they must be in its vocabulary.
     """
 
     path: str | None = None
+    kind: str = "sentencepiece"
     vocab_size: int | None = None
     train_documents: int = 50000
+    bos_token: str | None = None
+    eos_token: str | None = None
 
 
 @dataclass
@@ -457,14 +466,15 @@ def _validate_data(cfg: TrainConfig) -> None:
             f"{given} is used as it is; drop data.tokenizer.vocab_size (its size is the file's), or drop "
             "data.tokenizer.path to train one of that size"
         )
+    _choice("data.tokenizer.kind", d.tokenizer.kind, TOKENIZER_KINDS)
     if d.tokenizer.path is None:
         if d.tokenizer.vocab_size is not None:
             _positive("data.tokenizer.vocab_size", d.tokenizer.vocab_size)
         _positive("data.tokenizer.train_documents", d.tokenizer.train_documents)
-    elif not Path(d.tokenizer.path).exists():
+    elif not Path(d.tokenizer.path).expanduser().exists() and not looks_like_hub_id(d.tokenizer.path):
         raise ConfigError(
-            f"data.tokenizer.path={d.tokenizer.path!r}: no such file "
-            "(a SentencePiece .model or a tokenizer directory)"
+            f"data.tokenizer.path={d.tokenizer.path!r}: no such file or directory, nor a Hub id org/name "
+            "(expected a SentencePiece .model, a tokenizer.json, a directory holding either, or a Hub id)"
         )
 
 

@@ -20,7 +20,7 @@ from pcpretrain import pc
 from pcpretrain.checkpoint_weights import layer_groups, open_weights
 from pcpretrain.compat import plain_parameter_name
 from pcpretrain.config import ConfigError, load_yaml
-from pcpretrain.data.tokenizer import Tokenizer
+from pcpretrain.data.tokenizer import Tokenizer, load_tokenizer
 from pcpretrain.errors import CheckpointError
 from pcpretrain.model import llama_config
 
@@ -160,7 +160,7 @@ def export_checkpoint(checkpoint_dir: Path, out_dir: Path, overwrite: bool = Fal
         cfg = load_yaml(checkpoint_dir / ckpt.CONFIG)
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from exc
-    tokenizer = Tokenizer.load(checkpoint_dir / ckpt.TOKENIZER)
+    tokenizer = load_tokenizer(checkpoint_dir)
     weights = open_weights(checkpoint_dir)
     groups = (weights.load(names) for names in layer_groups(weights.names()))
     step = int(ckpt.read_trainer_state(checkpoint_dir)["step"])

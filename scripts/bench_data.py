@@ -24,7 +24,7 @@ from pcpretrain.data.pretokenize import tokenize_to_shards
 from pcpretrain.data.sources import TextSource
 from pcpretrain.data.stream import DocumentShards, StreamSpec
 from pcpretrain.data.token_shards import TokenShards
-from pcpretrain.data.tokenizer import Tokenizer, train_sentencepiece
+from pcpretrain.data.tokenizer import Tokenizer, load_tokenizer, train_sentencepiece
 
 
 def measure(
@@ -72,7 +72,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--files", nargs="*", help="text files (jsonl/parquet/txt) to read")
-    parser.add_argument("--tokenizer", type=Path, help="SentencePiece model (else one is trained)")
+    parser.add_argument(
+        "--tokenizer", help="tokenizer .model, tokenizer.json, directory or Hub id (else one is trained)"
+    )
     parser.add_argument("--workers", type=int, nargs="*", default=[1, 2, 4])
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--batches", type=int, default=100)
@@ -89,13 +91,13 @@ def main() -> None:
         text = TextSource.from_files(files)
         text.check()
         if args.tokenizer:
-            tokenizer = Tokenizer.load(args.tokenizer)
+            tokenizer = load_tokenizer(args.tokenizer)
         else:
             head = [t for t in text.iter_shard(0) if t][:2000]
             tokenizer = train_sentencepiece(head, 2000, tmp_dir / "tok.model")
         shards = tokenize_to_shards(text, tokenizer, tmp_dir / "shards")
         sources = {
-            "text (tokenized in workers)": (text, TextEncoder(tokenizer.model_path)),
+            "text (tokenized in workers)": (text, TextEncoder(tokenizer.location)),
             "token shards (memory-mapped)": (TokenShards(tmp_dir / "shards"), PretokenizedEncoder()),
         }
         print(f"{'source':32} {'workers':>7} {'tokens/s':>12} {'per worker':>12}")

@@ -1,9 +1,10 @@
 """Held-out perplexity of a merged checkpoint, computed the way training computes ``val_loss``.
 
 A file is read through the training data sources (the first ``MAX_VALIDATION_DOCUMENTS`` rows, a
-``.txt`` file as paragraphs), tokenized with the run's SentencePiece model (the merged directory's
-``tokenizer.model``), packed by :func:`pcpretrain.data.validation.validation_batches` with the run's
-``seq_len`` and BOS/EOS settings (from ``pcpretrain.json``), and scored by
+``.txt`` file as paragraphs), tokenized with the run's tokenizer (the merged directory's
+``tokenizer.model``, else its ``tokenizer.json``: :func:`pcpretrain.data.tokenizer.load_tokenizer`),
+packed by :func:`pcpretrain.data.validation.validation_batches` with the run's ``seq_len`` and
+BOS/EOS settings (from ``pcpretrain.json``), and scored by
 :func:`pcpretrain.train.loss.causal_lm_loss`, the token mean over all windows. So for a run's own
 validation file the loss equals the ``val_loss`` it logged at the same step, except where:
 

@@ -86,7 +86,7 @@ def evaluate_model(request: EvalRequest) -> tuple[dict[str, float], Path]:
 def plan_heldout(request: EvalRequest, model_dir: Path) -> HeldOutPlan:
     """Open every held-out file and the run's tokenizer, refusing names that would share a score."""
     from pcpretrain.analysis.heldout import open_heldout, run_windowing
-    from pcpretrain.data.tokenizer import Tokenizer
+    from pcpretrain.data.tokenizer import load_tokenizer
 
     names = [Path(path).name for path in request.heldout]
     repeated = sorted({name for name in names if names.count(name) > 1})
@@ -94,9 +94,9 @@ def plan_heldout(request: EvalRequest, model_dir: Path) -> HeldOutPlan:
         raise EvalInputError(f"held-out files need distinct names (scores are keyed by them): {repeated}")
     windowing = run_windowing(model_dir, request.seq_len)
     try:
-        tokenizer = Tokenizer.load(model_dir)
+        tokenizer = load_tokenizer(model_dir)
     except (ValueError, FileNotFoundError) as exc:
-        raise EvalInputError(f"held-out perplexity needs the run's SentencePiece tokenizer: {exc}") from exc
+        raise EvalInputError(f"held-out perplexity needs the run's tokenizer: {exc}") from exc
     sources = [
         (name, open_heldout(path, request.text_field))
         for name, path in zip(names, request.heldout, strict=True)

@@ -16,8 +16,8 @@ class InMemoryShards:
         self._shards = [list(documents[k :: self.num_shards]) for k in range(self.num_shards)]
         self.name = name
 
-    def iter_shard(self, index: int, start: int = 0) -> Iterator[Any]:
-        return iter(self._shards[index][start:])
+    def iter_shard(self, index: int, start: int = 0, stride: int = 1) -> Iterator[Any]:
+        return iter(self._shards[index][start::stride])
 
     def describe_shard(self, index: int) -> str:
         return f"{self.name} (shard {index} of {self.num_shards})"

@@ -25,32 +25,50 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= _UINT16_LIMIT else np.dtype(np.uint32)
 
 
+def frame_document(
+    ids: Sequence[int] | np.ndarray, bos_id: int | None, eos_id: int | None, vocab_size: int
+) -> np.ndarray:
+    """One document as int64 ``[bos] + ids + [eos]`` (each marker only when configured); empty stays empty.
+
+    Ids are checked against ``vocab_size`` so a tokenizer/model mismatch fails here rather than as a
+    bad embedding lookup.
+    """
+    tokens = np.asarray(ids, dtype=np.int64).reshape(-1)
+    if tokens.size == 0:
+        return tokens
+    low, high = int(tokens.min()), int(tokens.max())
+    if low < 0 or high >= vocab_size:
+        bad = low if low < 0 else high
+        raise ValueError(f"token id {bad} is outside the vocabulary [0, {vocab_size})")
+    prefix = () if bos_id is None else (np.array([bos_id], dtype=np.int64),)
+    suffix = () if eos_id is None else (np.array([eos_id], dtype=np.int64),)
+    return np.concatenate([*prefix, tokens, *suffix]) if prefix or suffix else tokens
+
+
+def check_special_ids(bos_id: int | None, eos_id: int | None, vocab_size: int) -> None:
+    """BOS and EOS, when set, must be ids of the vocabulary."""
+    for name, special in (("bos_id", bos_id), ("eos_id", eos_id)):
+        if special is not None and not 0 <= special < vocab_size:
+            raise ValueError(f"{name}={special} is outside the vocabulary [0, {vocab_size})")
+
+
 def pack_documents(
     token_lists: Iterable[Sequence[int]],
     bos_id: int | None,
     eos_id: int | None,
     vocab_size: int,
 ) -> np.ndarray:
-    """Concatenate documents as `[bos] + ids + [eos]` (each marker only when configured).
+    """Concatenate documents as `[bos] + ids + [eos]` (see :func:`frame_document`).
 
-    Empty documents are skipped (they would add only markers). Ids are checked against
-    `vocab_size` so a tokenizer/model mismatch fails here rather than as a bad embedding lookup.
+    Empty documents are skipped (they would add only markers).
     """
     dtype = token_dtype(vocab_size)
-    for name, special in (("bos_id", bos_id), ("eos_id", eos_id)):
-        if special is not None and not 0 <= special < vocab_size:
-            raise ValueError(f"{name}={special} is outside the vocabulary [0, {vocab_size})")
-    prefix = [] if bos_id is None else [bos_id]
-    suffix = [] if eos_id is None else [eos_id]
-    pieces = [np.asarray(prefix + list(ids) + suffix, dtype=np.int64) for ids in token_lists if len(ids) > 0]
+    check_special_ids(bos_id, eos_id, vocab_size)
+    pieces = [frame_document(ids, bos_id, eos_id, vocab_size) for ids in token_lists]
+    pieces = [piece for piece in pieces if piece.size]
     if not pieces:
         return np.zeros(0, dtype=dtype)
-    packed = np.concatenate(pieces)
-    low, high = int(packed.min()), int(packed.max())
-    if low < 0 or high >= vocab_size:
-        bad = low if low < 0 else high
-        raise ValueError(f"token id {bad} is outside the vocabulary [0, {vocab_size})")
-    return packed.astype(dtype)
+    return np.concatenate(pieces).astype(dtype)
 
 
 def num_windows(n_tokens: int, seq_len: int) -> int:

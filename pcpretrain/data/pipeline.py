@@ -16,7 +16,7 @@ from pcpretrain.data.sample_corpus import sample_documents, split_documents
 from pcpretrain.data.sources import TextSource
 from pcpretrain.data.stream import DocumentShards
 from pcpretrain.data.token_shards import TokenShards
-from pcpretrain.data.tokenizer import Tokenizer, load_or_train
+from pcpretrain.data.tokenizer import Tokenizer, load_or_train, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -25,19 +25,19 @@ MAX_VALIDATION_DOCUMENTS = 10_000
 
 
 class TextEncoder:
-    """Text -> ids with a SentencePiece model loaded on first use, so loader workers load their own."""
+    """Text -> ids with the tokenizer at ``location``, loaded on first use: each worker loads its own."""
 
-    def __init__(self, model_path: Path) -> None:
-        self.model_path = model_path
+    def __init__(self, location: Path) -> None:
+        self.location = location
         self._tokenizer: Tokenizer | None = None
 
     def __call__(self, texts: list[str]) -> list[list[int]]:
         if self._tokenizer is None:
-            self._tokenizer = Tokenizer.load(self.model_path)
+            self._tokenizer = load_tokenizer(self.location)
         return self._tokenizer.encode_batch(texts)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"model_path": self.model_path, "_tokenizer": None}
+        return {"location": self.location, "_tokenizer": None}
 
 
 class PretokenizedEncoder:
@@ -90,9 +90,10 @@ def prepare_data(cfg: DataConfig) -> PreparedData:
         weighted = [(open_source(cfg, cache), 1.0)]
     first = weighted[0][0]
     tokenizer = settle_tokenizer(cfg, first, cache)
+    bos_id, eos_id = special_ids(cfg, tokenizer)
     for source, _ in weighted:
         if isinstance(source, TokenShards):
-            source.check_tokenizer(tokenizer.model_path)
+            source.check_tokenizer(tokenizer)
     skip_head = 0
     if held_out_texts is not None:
         validation = tokenizer.encode_batch(held_out_texts)
@@ -116,8 +117,6 @@ def prepare_data(cfg: DataConfig) -> PreparedData:
         len(validation),
         tokenizer.vocab_size,
     )
-    bos_id = tokenizer.bos_id if cfg.add_bos else None
-    eos_id = tokenizer.eos_id if cfg.add_eos else None
     return PreparedData(tokenizer, components, validation, bos_id, eos_id)
 
 
@@ -129,7 +128,7 @@ def open_source(cfg: DataConfig | MixtureSourceConfig, cache: Path) -> DocumentS
 
 
 def _encoder(source: DocumentShards, tokenizer: Tokenizer) -> TextEncoder | PretokenizedEncoder:
-    return PretokenizedEncoder() if isinstance(source, TokenShards) else TextEncoder(tokenizer.model_path)
+    return PretokenizedEncoder() if isinstance(source, TokenShards) else TextEncoder(tokenizer.location)
 
 
 def open_text(
@@ -153,16 +152,29 @@ def open_text(
 
 
 def settle_tokenizer(cfg: DataConfig, source: DocumentShards, cache: Path) -> Tokenizer:
-    """The configured model; else the token shards' own; else one trained on the source's head (cached)."""
+    """The configured one (path or Hub id); else the token shards' own; else one of
+    ``data.tokenizer.kind`` trained on the source's head (cached)."""
     if cfg.tokenizer.path:
-        return Tokenizer.load(cfg.tokenizer.path)
+        return load_tokenizer(cfg.tokenizer.path)
     if isinstance(source, TokenShards):
-        return Tokenizer.load(source.tokenizer_path)
+        return source.load_tokenizer()
     return load_or_train(
         lambda: [text for text in head_documents(source, cfg.tokenizer.train_documents) if text],
         cfg.tokenizer.vocab_size or (HUB_TRAINED_VOCAB_SIZE if cfg.source == "hub" else TRAINED_VOCAB_SIZE),
         cache / "tokenizers",
+        cfg.tokenizer.kind,
     )
+
+
+def special_ids(cfg: DataConfig, tokenizer: Tokenizer) -> tuple[int | None, int | None]:
+    """The BOS/EOS ids packing adds: ``data.tokenizer.bos_token``/``eos_token`` when set, else the
+    tokenizer's own; None where ``data.add_bos``/``data.add_eos`` is off."""
+    bos, eos = tokenizer.bos_id, tokenizer.eos_id
+    if cfg.tokenizer.bos_token is not None:
+        bos = tokenizer.require_id(cfg.tokenizer.bos_token, "data.tokenizer.bos_token")
+    if cfg.tokenizer.eos_token is not None:
+        eos = tokenizer.require_id(cfg.tokenizer.eos_token, "data.tokenizer.eos_token")
+    return (bos if cfg.add_bos else None), (eos if cfg.add_eos else None)
 
 
 def head_documents(source: DocumentShards, count: int) -> Iterator[Any]:

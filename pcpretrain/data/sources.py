@@ -201,16 +201,17 @@ class TextSource:
         where = f" ({self._shard_names[index]})" if self._shard_names else ""
         return f"{self.description} shard {index} of {self.num_shards}{where}"
 
-    def iter_shard(self, index: int, start: int = 0) -> Iterator[str]:
-        """The text of every raw row of shard `index` from row `start` on, "" for null or empty rows.
+    def iter_shard(self, index: int, start: int = 0, stride: int = 1) -> Iterator[str]:
+        """The text of rows ``start, start + stride, ...`` of shard `index`, "" for null or empty rows.
 
         One item per row, so a reader that counts what it receives holds a position it can resume
-        from exactly; empty texts are dropped later, at packing.
+        from exactly; empty texts are dropped later, at packing. Skipped rows are never converted to
+        Python strings.
         """
         self._check_index(index)
-        if start < 0:
-            raise ValueError(f"start must be >= 0, got {start}")
-        return (text or "" for text in self._counted_rows(index, start))
+        if start < 0 or stride < 1:
+            raise ValueError(f"start must be >= 0 and stride >= 1, got start={start}, stride={stride}")
+        return (text or "" for text in self._counted_rows(index, start, stride))
 
     def check(self) -> None:
         """Fail now, naming the file, if shard 0 has no rows or its first rows lack a string text field."""
@@ -240,17 +241,18 @@ class TextSource:
             return self._local.load_file(self._local.files[index])
         return self.dataset.shard(num_shards=self.num_shards, index=index)
 
-    def _counted_rows(self, index: int, start: int) -> Iterator[str | None]:
-        """The rows from `start`; a shard with no rows at all is an error."""
+    def _counted_rows(self, index: int, start: int, stride: int = 1) -> Iterator[str | None]:
+        """The rows from `start`, every `stride`-th; a shard with no rows at all is an error."""
         rows = 0
-        for text in self._rows(index, start):
+        for text in self._rows(index, start, stride):
             rows += 1
             yield text
         if rows == 0 and start == 0:
             raise DataSourceError(f"{self.describe_shard(index)} has no rows; expected at least one document")
 
-    def _rows(self, index: int, start: int) -> Iterator[str | None]:
-        """Raw text values (None for nulls) of shard `index` from row `start`, read as Arrow batches.
+    def _rows(self, index: int, start: int, stride: int = 1) -> Iterator[str | None]:
+        """Raw text values (None for nulls) of every `stride`-th row of shard `index` from row `start`,
+        read as Arrow batches.
 
         `skip` on Arrow batches drops whole tables without converting them to Python, so resuming
         deep into a shard costs little more than parsing the file.
@@ -259,11 +261,16 @@ class TextSource:
         with _ReadErrors(name):
             dataset = self._open_shard(index)
             batches = (dataset.skip(start) if start else dataset).with_format("arrow").iter(_BATCH_ROWS)
+        read = 0
         while True:
             with _ReadErrors(name):
                 table = next(batches, None)
                 if table is None:
                     return
+                if stride > 1:
+                    rows = pa.array(range((-read) % stride, table.num_rows, stride), type=pa.int64())
+                    read += table.num_rows
+                    table = table.take(rows)
                 texts = _column_texts(table, self.text_field, name)
             yield from texts
 

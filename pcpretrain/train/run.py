@@ -16,6 +16,7 @@ from torch import nn
 
 from pcpretrain import checkpoint as ckpt
 from pcpretrain import pc
+from pcpretrain.choices import VOCAB_MULTIPLE
 from pcpretrain.compat import ddp_ignore
 from pcpretrain.config import (
     ConfigError,
@@ -28,6 +29,7 @@ from pcpretrain.config import (
 from pcpretrain.data.batches import PackedWindows, StreamComponent, StreamingBatches
 from pcpretrain.data.pipeline import PreparedData, prepare_data
 from pcpretrain.data.stream import StreamSpec
+from pcpretrain.data.tokenizer import load_tokenizer
 from pcpretrain.data.validation import validation_batches
 from pcpretrain.errors import CheckpointError, IncompatibleResume, NonFiniteLossError
 from pcpretrain.files import atomic_write_text
@@ -295,14 +297,15 @@ def locate_resume(cfg: TrainConfig, ckpt_root: Path) -> Path | None:
 
 
 def resolve_vocab_size(cfg: TrainConfig, data: PreparedData) -> int:
-    """The embedding size: the config's, which must hold every tokenizer id, or the tokenizer's own."""
+    """The embedding size: the config's, which must hold every tokenizer id, or the tokenizer's own
+    rounded up to a multiple of :data:`VOCAB_MULTIPLE` (faster matmuls; the extra rows are never targets)."""
     tokenizer_size = data.tokenizer.vocab_size
     if cfg.model.vocab_size is None:
-        return tokenizer_size
+        return -(-tokenizer_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
     if cfg.model.vocab_size < tokenizer_size:
         raise ConfigError(
             f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's vocabulary "
-            f"({tokenizer_size}, {data.tokenizer.model_path}); set model.vocab_size>={tokenizer_size} or null"
+            f"({tokenizer_size}, {data.tokenizer.location}); set model.vocab_size>={tokenizer_size} or null"
         )
     return cfg.model.vocab_size
 
@@ -323,9 +326,11 @@ def check_compatible(checkpoint_dir: Path, cfg: TrainConfig, data: PreparedData)
     ):
         if saved_value != value:
             differences.append(f"{key}: checkpoint {saved_value!r}, now {value!r}")
-    if (checkpoint_dir / ckpt.TOKENIZER).read_bytes() != data.tokenizer.model_path.read_bytes():
+    saved_tokenizer = load_tokenizer(checkpoint_dir)
+    if saved_tokenizer.fingerprint != data.tokenizer.fingerprint:
         differences.append(
-            f"tokenizer: {data.tokenizer.model_path} differs from the checkpoint's {ckpt.TOKENIZER}"
+            f"tokenizer: {data.tokenizer.location} (sha256 {data.tokenizer.fingerprint[:12]}) differs from "
+            f"the checkpoint's {saved_tokenizer.location.name} (sha256 {saved_tokenizer.fingerprint[:12]})"
         )
     if differences:
         raise_incompatible(checkpoint_dir, differences)

@@ -1,15 +1,16 @@
-"""The stateful loader: exact resume with worker processes, ranks x workers reading disjoint documents."""
+"""The step loader: the same global batches on any process/worker layout, exact resume across layouts."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from pcpretrain.data.batches import PackedWindows, StreamComponent, StreamingBatches
+from pcpretrain.data.batches import StreamComponent, StreamingBatches, combine_hashes, windows_hash
 from pcpretrain.data.in_memory import InMemoryShards
 from pcpretrain.data.stream import StreamSpec
+from pcpretrain.data.stream_layout import ReaderLayout
 
-BOS, EOS = 1, 2
+BOS, EOS, STREAMS, BATCH, MICRO = 1, 2, 8, 8, 2
 
 
 class Identity:
@@ -21,57 +22,94 @@ def corpus(n: int) -> list[list[int]]:
     return [[1000 + i] + [3 + (i * 5 + j) % 50 for j in range(3 + i % 11)] for i in range(n)]
 
 
-def batches(docs, *, rank=0, world=1, workers=2, micro=2, accum=2, shards=8) -> StreamingBatches:
+def components(docs: list[list[int]], shards: int = 5) -> list[StreamComponent]:
     spec = StreamSpec(
         seq_len=12,
         seed=3,
         shuffle=True,
         shuffle_buffer=4,
-        num_readers=world * max(workers, 1),
+        num_streams=STREAMS,
         num_shards=shards,
         bos_id=BOS,
         eos_id=EOS,
         vocab_size=5000,
     )
-    dataset = PackedWindows([StreamComponent(InMemoryShards(docs, shards), Identity(), spec)], rank, workers)
-    return StreamingBatches(dataset, micro_batch_size=micro, grad_accum_steps=accum, world_size=world)
+    return [StreamComponent(InMemoryShards(docs, shards), Identity(), spec)]
 
 
-def document_ids(windows: torch.Tensor) -> set[int]:
-    """Ids of the documents that start inside these windows (the token after each BOS)."""
-    return {row[i + 1] for row in windows.tolist() for i in range(len(row) - 1) if row[i] == BOS}
+def loaders(docs: list[list[int]], world: int, workers: int) -> list[StreamingBatches]:
+    """One loader per rank of a ``world``-process run with the global batch fixed at BATCH windows."""
+    layout = ReaderLayout(STREAMS, world, workers)
+    accum = BATCH // (MICRO * world)
+    return [
+        StreamingBatches(components(docs), layout, rank, MICRO, accum, hash_batches=True)
+        for rank in range(world)
+    ]
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_state_after_k_steps_continues_with_identical_batches(workers: int) -> None:
-    docs = corpus(50)
-    straight = batches(docs, workers=workers)
-    expected = [straight.next_step() for _ in range(12)]
-    first = batches(docs, workers=workers)
-    for _ in range(5):
-        first.next_step()
-    state = first.state_dict()
-    resumed = batches(docs, workers=workers)
-    resumed.load_state_dict(state)
-    for step in expected[5:]:
-        assert all(torch.equal(a, b) for a, b in zip(resumed.next_step(), step, strict=True))
+def global_batch(ranks: list[StreamingBatches]) -> list[tuple[int, ...]]:
+    """The step's windows of every rank, as a sorted list (the order inside a step does not matter)."""
+    windows = torch.cat([torch.cat(loader.next_step()) for loader in ranks])
+    return sorted(tuple(row) for row in windows.tolist())
 
 
-def test_two_ranks_with_two_workers_read_disjoint_documents_that_cover_the_corpus() -> None:
+def run(docs, world: int, workers: int, steps: int, switch: tuple[int, int, int] | None = None) -> list:
+    """``steps`` global batches; ``switch=(step, world, workers)`` checkpoints there and resumes on another layout."""
+    ranks = loaders(docs, world, workers)
+    out = []
+    for step in range(steps):
+        if switch is not None and step == switch[0]:
+            saved = [loader.state_dict() for loader in ranks]
+            ranks = loaders(docs, switch[1], switch[2])
+            for loader in ranks:
+                loader.load_state_dict(saved)
+        out.append(global_batch(ranks))
+    return out
+
+
+@pytest.mark.parametrize(("world", "workers"), [(2, 0), (2, 2), (4, 2), (1, 4)])
+def test_the_global_batches_do_not_depend_on_processes_or_workers(world: int, workers: int) -> None:
+    docs = corpus(60)
+    assert run(docs, world, workers, 25) == run(docs, 1, 0, 25)
+
+
+@pytest.mark.parametrize(("before", "after"), [((2, 2), (1, 0)), ((1, 0), (2, 2)), ((4, 0), (2, 1))])
+def test_a_run_resumes_exactly_on_another_layout(before: tuple[int, int], after: tuple[int, int]) -> None:
+    docs = corpus(60)
+    assert run(docs, *before, 20, switch=(7, *after)) == run(docs, 1, 0, 20)
+
+
+def test_a_rank_trains_on_its_windows_in_global_order() -> None:
+    docs = corpus(60)
+    single = loaders(docs, 1, 0)[0]
+    two_workers = loaders(docs, 1, 2)[0]
+    for _ in range(6):
+        assert all(
+            torch.equal(a, b) for a, b in zip(single.next_step(), two_workers.next_step(), strict=True)
+        )
+
+
+def test_batch_hashes_add_up_over_ranks_to_the_single_process_hash() -> None:
+    docs = corpus(60)
+    single, pair = loaders(docs, 1, 0), loaders(docs, 2, 2)
+    for _ in range(4):
+        global_batch(single)
+        global_batch(pair)
+        assert combine_hashes(sum(loader.last_hash for loader in pair)) == combine_hashes(single[0].last_hash)
+    window = torch.arange(13).unsqueeze(0)
+    assert windows_hash(window) != windows_hash(window + 1)
+
+
+def test_positions_that_do_not_fit_are_refused_with_the_reason() -> None:
     docs = corpus(40)
-    seen = []
-    for rank in range(2):
-        loader = batches(docs, rank=rank, world=2, workers=2)
-        ids: set[int] = set()
-        for _ in range(30):
-            for micro in loader.next_step():
-                ids |= document_ids(micro)
-        seen.append(ids)
-    assert not seen[0] & seen[1]
-    assert seen[0] | seen[1] == {d[0] for d in docs}
-
-
-def test_a_different_layout_on_resume_is_refused() -> None:
-    state = batches(corpus(20), workers=2).state_dict()
-    with pytest.raises(ValueError, match="num_workers: saved 2, now 0"):
-        batches(corpus(20), workers=0).load_state_dict(state)
+    ranks = loaders(docs, 2, 0)
+    for loader in ranks:
+        loader.next_step()
+    saved = [loader.state_dict() for loader in ranks]
+    with pytest.raises(ValueError, match=r"no position for logical streams \[1, 3, 5, 7\]"):
+        loaders(docs, 1, 0)[0].load_state_dict(saved[:1])
+    with pytest.raises(ValueError, match="before logical streams"):
+        loaders(docs, 1, 0)[0].load_state_dict([{"geometry": {}, "loader": {}}])
+    other = StreamingBatches(components(docs), ReaderLayout(4, 1, 0), 0, MICRO, 4)
+    with pytest.raises(ValueError, match=r"data.streams: saved \[8\], now 4"):
+        other.load_state_dict(saved)

@@ -137,6 +137,7 @@ def test_a_hugging_face_tokenizer_directory_loads_through_its_sentencepiece_mode
     tokenizer.save_pretrained(hf_dir)
     loaded = Tokenizer.load(hf_dir)
     assert loaded.encode("alpha beta") == tokenizer.encode("alpha beta")
+    assert loaded.kind == "sentencepiece" and loaded.fingerprint == tokenizer.fingerprint
     (hf_dir / "tokenizer.model").unlink()
-    with pytest.raises(ValueError, match="without tokenizer.model"):
-        Tokenizer.load(hf_dir)
+    as_hf = Tokenizer.load(hf_dir)
+    assert as_hf.kind == "hf" and as_hf.encode("alpha beta") == tokenizer.encode("alpha beta")

@@ -92,7 +92,7 @@ class Checkpointing(Callback):
             trainer.state.to_dict(),
             trainer.train_batches.state_dict(),
             self.config_yaml,
-            self.tokenizer.model_path,
+            self.tokenizer,
             self.ckpt_cfg.verify,
             self.assignment_json,
         )
