@@ -178,16 +178,12 @@ def data_state_name(rank: int) -> str:
     return f"data_state_{rank}.pt"
 
 
-def read_data_state(directory: Path, rank: int) -> dict[str, Any]:
-    """The data position of ``rank``; a clear error when the checkpoint came from fewer processes."""
-    path = directory / data_state_name(rank)
-    if not path.is_file():
-        saved = len(list(directory.glob("data_state_*.pt")))
-        raise CheckpointError(
-            f"{directory} holds data positions for {saved} process(es) but this run has rank {rank}; "
-            "resume with the number of processes that wrote it"
-        )
-    return torch.load(path, weights_only=False)
+def read_data_states(directory: Path) -> list[dict[str, Any]]:
+    """The data positions every rank of the run saved (each holds its own logical streams)."""
+    paths = sorted(directory.glob("data_state_*.pt"))
+    if not paths:
+        raise CheckpointError(f"{directory} holds no data position (data_state_*.pt)")
+    return [torch.load(path, weights_only=False) for path in paths]
 
 
 def list_unmerged(root: Path) -> list[Path]:

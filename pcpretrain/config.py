@@ -211,6 +211,9 @@ class DataConfig:
     add_eos: bool = True
     shuffle: bool = True
     shuffle_buffer: int = 1024
+    # Logical streams the corpus is split into: with the seed, they alone decide the data order;
+    # processes x max(num_workers, 1) must divide them (see pcpretrain.data.stream_layout).
+    streams: int = 16
     num_workers: int = 0
     cache_dir: str | None = None
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
@@ -295,11 +298,14 @@ class LoggerConfig:
 
     ``layer_stats``: per-PC-layer weight, gradient and gamma norms on logged steps and each decoder
     layer's activation RMS on evaluation steps (``layers/*`` metrics); off by default, it costs one
-    device read per logged step.
+    device read per logged step. ``batch_hash``: a hash of each logged step's global batch
+    (``batch_hash`` metric), to check that two runs trained on the same data; one all-reduce per logged
+    step.
     """
 
     progress: bool = True
     layer_stats: bool = False
+    batch_hash: bool = False
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
@@ -435,6 +441,7 @@ def _validate_data(cfg: TrainConfig) -> None:
     _positive("data.seq_len", d.seq_len)
     _positive("data.shuffle_buffer", d.shuffle_buffer)
     _positive("data.num_workers", d.num_workers, allow_zero=True)
+    _positive("data.streams", d.streams)
     _positive("data.validation_documents", d.validation_documents, allow_zero=True)
     if d.seq_len > cfg.model.max_seq_len:
         raise ConfigError(f"data.seq_len={d.seq_len} exceeds model.max_seq_len={cfg.model.max_seq_len}")

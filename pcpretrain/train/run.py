@@ -26,9 +26,10 @@ from pcpretrain.config import (
     to_yaml,
     validate,
 )
-from pcpretrain.data.batches import PackedWindows, StreamComponent, StreamingBatches
+from pcpretrain.data.batches import StreamComponent, StreamingBatches
 from pcpretrain.data.pipeline import PreparedData, prepare_data
 from pcpretrain.data.stream import StreamSpec
+from pcpretrain.data.stream_layout import ReaderLayout, check_reader_count
 from pcpretrain.data.tokenizer import load_tokenizer
 from pcpretrain.data.validation import validation_batches
 from pcpretrain.errors import CheckpointError, IncompatibleResume, NonFiniteLossError
@@ -38,6 +39,7 @@ from pcpretrain.optim import build_optimizer, build_scheduler, reapply_schedule
 from pcpretrain.optim.routing import describe
 from pcpretrain.pc import PCStep, ddp_ignored_names
 from pcpretrain.stop_signals import StopSignals
+from pcpretrain.train.callbacks.batch_hash import BatchHash
 from pcpretrain.train.callbacks.checkpointing import Checkpointing
 from pcpretrain.train.callbacks.evaluation import Evaluation
 from pcpretrain.train.callbacks.layer_stats import ActivationRMS, LayerStats
@@ -150,8 +152,10 @@ def build_training_parts(
 def run_training(cfg: TrainConfig, run_dir: Path) -> RunSummary:
     """Train (or resume) the run described by ``cfg`` in ``run_dir``."""
     validate(cfg, launched_world_size())
+    check_reader_layout(cfg, launched_world_size())
     accelerator = build_accelerator(cfg)
     validate(cfg, accelerator.num_processes)
+    check_reader_layout(cfg, accelerator.num_processes)
     ckpt_root = run_dir / "checkpoints"
     resume_from = locate_resume(cfg, ckpt_root)
     set_seed(cfg.seed)
@@ -214,6 +218,7 @@ def run_training(cfg: TrainConfig, run_dir: Path) -> RunSummary:
         speed,
         evaluation,
         *([LayerStats(log_every)] if cfg.logger.layer_stats else []),
+        *([BatchHash(log_every)] if cfg.logger.batch_hash else []),
         *(
             [SpectralMonitor(run_dir / SPECTRA_FILE, cfg.spectral.every, cfg.spectral.at_end)]
             if cfg.spectral.every > 0 or cfg.spectral.at_end
@@ -374,7 +379,7 @@ def raise_incompatible(checkpoint_dir: Path, differences: list[str]) -> NoReturn
 def build_train_batches(
     cfg: TrainConfig, data: PreparedData, accelerator: Accelerator, grad_accum: int
 ) -> StreamingBatches:
-    """This rank's loader: one packed stream per worker, disjoint from every other rank's and worker's."""
+    """This rank's loader: its logical streams, computed by its loader workers (or itself)."""
     components = [
         StreamComponent(
             part.source,
@@ -384,7 +389,7 @@ def build_train_batches(
                 seed=cfg.seed,
                 shuffle=cfg.data.shuffle,
                 shuffle_buffer=cfg.data.shuffle_buffer,
-                num_readers=accelerator.num_processes * max(cfg.data.num_workers, 1),
+                num_streams=cfg.data.streams,
                 num_shards=part.source.num_shards,
                 bos_id=data.bos_id,
                 eos_id=data.eos_id,
@@ -395,15 +400,30 @@ def build_train_batches(
         )
         for part in data.components
     ]
-    dataset = PackedWindows(components, accelerator.process_index, cfg.data.num_workers)
-    return StreamingBatches(dataset, cfg.trainer.micro_batch_size, grad_accum, accelerator.num_processes)
+    layout = ReaderLayout(cfg.data.streams, accelerator.num_processes, cfg.data.num_workers)
+    return StreamingBatches(
+        components,
+        layout,
+        accelerator.process_index,
+        cfg.trainer.micro_batch_size,
+        grad_accum,
+        hash_batches=cfg.logger.batch_hash,
+    )
+
+
+def check_reader_layout(cfg: TrainConfig, world_size: int) -> None:
+    """Refuse, before anything is read or written, a reader count that does not divide ``data.streams``."""
+    try:
+        check_reader_count(cfg.data.streams, world_size, cfg.data.num_workers)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def restore(accelerator: Accelerator, checkpoint_dir: Path, train_batches: StreamingBatches) -> TrainState:
-    """Load model, optimizer, scheduler and RNG via accelerate, then this rank's data position."""
+    """Load model, optimizer, scheduler and RNG via accelerate, then the logical streams' positions."""
     state = TrainState.from_dict(ckpt.read_trainer_state(checkpoint_dir))
     try:
-        train_batches.load_state_dict(ckpt.read_data_state(checkpoint_dir, accelerator.process_index))
+        train_batches.load_state_dict(ckpt.read_data_states(checkpoint_dir))
     except ValueError as exc:
         raise_incompatible(checkpoint_dir, [str(exc)])
     try:
