@@ -24,8 +24,9 @@ commands:
                                  print (and plot) the learning-rate schedule a config would use
   tokenize --tokenizer M --out D (FILES... | --hub PATH)
                                  tokenize a corpus once into memory-mapped token shards
-  tokenizer train --out M --vocab-size N (FILES... | --hub PATH)
-                                 train a Llama-style SentencePiece BPE tokenizer on a corpus
+  tokenizer train --out M --vocab-size N [--kind sentencepiece|bpe] (FILES... | --hub PATH)
+                                 train a tokenizer on a corpus: a Llama-2 style SentencePiece BPE
+                                 (M: a .model file) or a Llama-3 style byte-level BPE (M: a directory)
 
 `pcpretrain train --help` lists the config groups and their options.
 """
@@ -348,27 +349,46 @@ def tokenize_command(args: list[str]) -> int:
 
 
 def tokenizer_command(args: list[str]) -> int:
-    """``pcpretrain tokenizer train``: a SentencePiece BPE (byte fallback, split digits) on a corpus."""
+    """``pcpretrain tokenizer train``: a SentencePiece BPE (byte fallback, split digits; Llama-2 style)
+    or a byte-level BPE (Llama-3 style, a Hugging Face tokenizer.json) on a corpus."""
+    from pcpretrain.choices import TOKENIZER_KINDS
+
     parser = argparse.ArgumentParser(prog="pcpretrain tokenizer", description=tokenizer_command.__doc__)
     parser.add_argument("action", choices=["train"])
     _add_source_arguments(parser)
-    parser.add_argument("--out", type=Path, required=True, help="where to write the .model file")
-    parser.add_argument("--vocab-size", type=int, default=32000)
+    parser.add_argument(
+        "--kind",
+        choices=TOKENIZER_KINDS,
+        default="sentencepiece",
+        help="sentencepiece (default): a SentencePiece .model; bpe: a byte-level BPE tokenizer.json",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="sentencepiece: the .model file to write; bpe: the directory to write tokenizer.json and "
+        "tokenizer_config.json into (use either as data.tokenizer.path)",
+    )
+    parser.add_argument("--vocab-size", type=int, default=32000, help="ids, special tokens included")
     parser.add_argument("--documents", type=int, default=200_000, help="read at most this many documents")
     ns = parser.parse_intermixed_args(args)  # files may follow the options
     import itertools
 
-    from pcpretrain.data.tokenizer import train_sentencepiece
+    from pcpretrain.data.tokenizer import train_bpe, train_sentencepiece
 
+    train = train_bpe if ns.kind == "bpe" else train_sentencepiece
     try:
         source = _open_source(parser, ns)
         texts = itertools.chain.from_iterable(source.iter_shard(s) for s in range(source.num_shards))
         documents = [text for text in itertools.islice(texts, ns.documents) if text]
-        tokenizer = train_sentencepiece(documents, ns.vocab_size, ns.out)
+        tokenizer = train(documents, ns.vocab_size, ns.out)
     except (ValueError, OSError) as exc:
         print(f"pcpretrain tokenizer: {exc}", file=sys.stderr)
         return 1
-    print(f"tokenizer with {tokenizer.vocab_size} pieces written to {ns.out} ({len(documents)} documents)")
+    print(
+        f"{ns.kind} tokenizer with {tokenizer.vocab_size} pieces written to {ns.out} "
+        f"({len(documents)} documents)"
+    )
     return 0
 
 

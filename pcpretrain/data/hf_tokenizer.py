@@ -39,9 +39,12 @@ class HFTokenizer(Tokenizer):
         self._location = Path(location) if location is not None else self._json_path
         if not self._json_path.is_file():
             raise FileNotFoundError(f"Hugging Face tokenizer file not found: {self._json_path}")
-        self._json_bytes = self._json_path.read_bytes()
-        self._fingerprint = hashlib.sha256(self._json_bytes).hexdigest()
-        self._backend: Backend | None = None
+        data = self._json_path.read_bytes()
+        self._fingerprint = hashlib.sha256(data).hexdigest()
+        # Loaded now (a malformed file is reported here, where it is named); pickling drops it.
+        self._backend: Backend | None = _parse_backend(data, self._json_path)
+        # One past the largest id: added tokens may leave gaps, so a count could fall short.
+        self._vocab_size = 1 + max(self._backend.get_vocab(with_added_tokens=True).values(), default=-1)
         self._config = _special_tokens_config(self._json_path.parent)
         self._bos_id = self._config_token_id("bos_token")
         self._eos_id = self._config_token_id("eos_token")
@@ -53,29 +56,18 @@ class HFTokenizer(Tokenizer):
         return cls(path / TOKENIZER_JSON if path.is_dir() else path, path)
 
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_backend"] = None
-        state["_json_bytes"] = None
-        return state
+        return {**self.__dict__, "_backend": None}
 
     @property
     def backend(self) -> Backend:
-        """The ``tokenizers.Tokenizer``, without truncation or padding (documents are packed whole)."""
+        """The ``tokenizers.Tokenizer`` (re-read from the file after unpickling, in loader workers)."""
         if self._backend is None:
-            data = self._json_bytes if self._json_bytes is not None else self._json_path.read_bytes()
-            try:
-                backend = Backend.from_str(data.decode("utf-8"))
-            except Exception as err:  # the Rust library raises plain Exception for a malformed file
-                raise ValueError(f"{self._json_path} is not a Hugging Face tokenizer.json ({err})") from err
-            backend.no_truncation()
-            backend.no_padding()
-            self._backend = backend
-            self._json_bytes = None
+            self._backend = _parse_backend(self._json_path.read_bytes(), self._json_path)
         return self._backend
 
     @property
     def vocab_size(self) -> int:
-        return self.backend.get_vocab_size(with_added_tokens=True)
+        return self._vocab_size
 
     @property
     def bos_id(self) -> int | None:
@@ -133,7 +125,18 @@ class HFTokenizer(Tokenizer):
 
     def _config_token_id(self, key: str) -> int | None:
         token = _token_content(self._config.get(key))
-        return None if token is None else self.require_id(token, f"{key} in {self._json_path.parent}")
+        return None if token is None else self.require_id(token, f"{TOKENIZER_CONFIG} {key}")
+
+
+def _parse_backend(data: bytes, path: Path) -> Backend:
+    """The tokenizer in ``data``, without truncation or padding (documents are packed whole)."""
+    try:
+        backend = Backend.from_str(data.decode("utf-8"))
+    except Exception as err:  # the Rust library raises plain Exception for a malformed file
+        raise ValueError(f"{path} is not a Hugging Face tokenizer.json ({err})") from err
+    backend.no_truncation()
+    backend.no_padding()
+    return backend
 
 
 def _special_tokens_config(directory: Path) -> dict[str, Any]:
