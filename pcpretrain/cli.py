@@ -22,8 +22,9 @@ commands:
                                  held-out perplexity and lm-eval tasks; scores into <dir>/eval.json
   schedule [overrides...] [--png F]
                                  print (and plot) the learning-rate schedule a config would use
-  tokenize --tokenizer M --out D (FILES... | --hub PATH)
-                                 tokenize a corpus once into memory-mapped token shards
+  tokenize --tokenizer T --out D [--workers N] (FILES... | --hub PATH)
+                                 tokenize a corpus once into memory-mapped token shards, one
+                                 per input shard; rerun the same command to continue a killed run
   tokenizer train --out M --vocab-size N [--kind sentencepiece|bpe] (FILES... | --hub PATH)
                                  train a tokenizer on a corpus: a Llama-2 style SentencePiece BPE
                                  (M: a .model file) or a Llama-3 style byte-level BPE (M: a directory)
@@ -322,30 +323,60 @@ def _open_source(parser: argparse.ArgumentParser, ns: argparse.Namespace):
 
 
 def tokenize_command(args: list[str]) -> int:
-    """Token shards from a text corpus, for ``data=shards`` runs."""
+    """Token shards from a text corpus, for ``data=shards`` runs: one output shard per input shard
+    (file or Hub shard), tokenized in parallel processes. A killed run continues where it stopped
+    when the same command runs again (its work is kept in ``<out>.partial``)."""
     parser = argparse.ArgumentParser(prog="pcpretrain tokenize", description=tokenize_command.__doc__)
     _add_source_arguments(parser)
-    parser.add_argument("--tokenizer", type=Path, required=True, help="a SentencePiece .model file")
+    parser.add_argument(
+        "--tokenizer",
+        required=True,
+        help="a SentencePiece .model, a tokenizer.json, a tokenizer directory or a Hub tokenizer id",
+    )
     parser.add_argument("--out", type=Path, required=True, help="the token-shard directory to write")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes tokenizing whole input shards, one core each (default 1; 0: in this process). "
+        "The input's shard count bounds the parallelism: more workers than shards do nothing",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing non-empty --out, and discard an unfinished run with other settings",
+    )
     ns = parser.parse_intermixed_args(args)  # files may follow the options
     from pcpretrain.data.pretokenize import tokenize_to_shards
-    from pcpretrain.data.tokenizer import Tokenizer
+    from pcpretrain.data.tokenizer import load_tokenizer
 
+    _log_progress("pcpretrain.data")
     try:
         source = _open_source(parser, ns)
         shards = tokenize_to_shards(
             source,
-            Tokenizer.load(ns.tokenizer),
+            load_tokenizer(ns.tokenizer),
             ns.out,
             description=str(ns.hub or ns.files),
             overwrite=ns.overwrite,
+            workers=ns.workers,
         )
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, RuntimeError) as exc:
         print(f"pcpretrain tokenize: {exc}", file=sys.stderr)
         return 1
     print(f"{shards.total_tokens:,} tokens in {shards.num_shards} shards written to {ns.out}")
     return 0
+
+
+def _log_progress(logger_name: str) -> None:
+    """INFO lines of ``logger_name`` (progress) on stderr with the time, other libraries' left alone."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    logger = logging.getLogger(logger_name)
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
 
 
 def tokenizer_command(args: list[str]) -> int:
