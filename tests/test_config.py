@@ -170,3 +170,31 @@ def test_a_tokenizer_size_beside_a_tokenizer_file_is_refused_not_ignored(tmp_pat
         validate(composed(f"data.tokenizer.path={model}", "data.tokenizer.vocab_size=512"))
     validate(composed(f"data.tokenizer.path={model}"))
     assert composed().data.tokenizer.vocab_size is None
+
+
+def test_a_tokenizer_path_may_be_a_file_a_directory_or_a_hub_id(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "tokenizer.json").write_text("{}")
+    for path in ("tok", "tok/tokenizer.json", "meta-llama/Meta-Llama-3-8B", "Qwen/Qwen2.5-0.5B"):
+        validate(composed(f"data.tokenizer.path={path}"))
+    for missing in ("missing/tokenizer.json", "nowhere.model", "./org/name", "a/b/c"):
+        with pytest.raises(ConfigError, match="no such file or directory, nor a Hub id org/name") as info:
+            validate(composed(f"data.tokenizer.path={missing}"))
+        assert f"data.tokenizer.path={missing!r}" in str(info.value)
+
+
+def test_tokenizer_kind_and_special_token_overrides() -> None:
+    # Hydra needs special tokens quoted: data.tokenizer.eos_token='<|eot_id|>'
+    cfg = composed(
+        "data.tokenizer.kind=bpe", "data.tokenizer.bos_token='<s>'", "data.tokenizer.eos_token='<|eot_id|>'"
+    )
+    validate(cfg)
+    assert (cfg.data.tokenizer.kind, cfg.data.tokenizer.bos_token, cfg.data.tokenizer.eos_token) == (
+        "bpe",
+        "<s>",
+        "<|eot_id|>",
+    )
+    assert composed().data.tokenizer.kind == "sentencepiece"
+    with pytest.raises(ConfigError, match=r"data.tokenizer.kind='wordpiece'.*sentencepiece.*bpe"):
+        validate(composed("data.tokenizer.kind=wordpiece"))

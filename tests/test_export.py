@@ -67,3 +67,27 @@ def test_a_small_model_is_one_model_safetensors_file(
     assert (out / "model.safetensors").is_file()
     assert not (out / "model.safetensors.index.json").exists()
     assert json.loads((out / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+
+
+def test_a_hugging_face_tokenizer_travels_with_the_merged_model(tmp_path: Path) -> None:
+    """A byte-level BPE (tokenizer.json) run exports a directory whose AutoTokenizer gives training's ids."""
+    from transformers import AutoTokenizer
+
+    from pcpretrain.data.tokenizer import train_bpe
+
+    documents = [
+        f"the merged model number {i} carries its own tokenizer, {i * 7} times.\n" for i in range(80)
+    ]
+    bpe = train_bpe(documents, 300, tmp_path / "bpe")
+    model = build_model(MODEL, 320, bpe.bos_id, bpe.eos_id)
+    out = write_merged_model(
+        model.state_dict(), model_cfg=MODEL, pc_degree=0, tokenizer=bpe, out_dir=tmp_path / "merged"
+    )
+    assert {"tokenizer.json", "tokenizer_config.json"} <= {p.name for p in out.iterdir()}
+    assert not (out / "tokenizer.model").exists()
+    hf = AutoTokenizer.from_pretrained(out)
+    text = "The merged model, number 1667, carries  its tokenizer.\n"
+    assert hf.encode(text, add_special_tokens=False) == bpe.encode(text)
+    assert (hf.bos_token_id, hf.eos_token_id) == (bpe.bos_id, bpe.eos_id)
+    config = json.loads((out / "config.json").read_text())
+    assert (config["vocab_size"], config["bos_token_id"], config["eos_token_id"]) == (320, 0, 1)
