@@ -13,7 +13,7 @@ from pcpretrain.data.pipeline import PretokenizedEncoder, TextEncoder
 from pcpretrain.data.sources import TextSource
 from pcpretrain.data.stream import ReaderStream, StreamSpec
 from pcpretrain.data.token_shards import TokenShards
-from pcpretrain.data.tokenizer import Tokenizer
+from pcpretrain.data.tokenizer import load_tokenizer
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +53,7 @@ def test_token_shards_hold_the_same_tokens_as_on_the_fly_tokenization(
 ) -> None:
     text = TextSource.from_files([str(milton / "train-*.jsonl")])
     tokens = TokenShards(shards)
-    tokenizer = Tokenizer.load(llama2)
+    tokenizer = load_tokenizer(llama2)
     spec = StreamSpec(
         seq_len=128,
         seed=0,
@@ -119,7 +119,7 @@ def small_tokenizer(milton: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 def test_tokenizer_train_command_writes_a_llama_style_model(small_tokenizer: Path) -> None:
-    tokenizer = Tokenizer.load(small_tokenizer)
+    tokenizer = load_tokenizer(small_tokenizer)
     assert (tokenizer.vocab_size, tokenizer.bos_id, tokenizer.eos_id) == (600, 1, 2)
     digits = [p for p in tokenizer.processor.encode("1984", out_type=str) if p.strip("\u2581")]
     assert [p.strip("\u2581") for p in digits] == ["1", "9", "8", "4"]  # digits are split

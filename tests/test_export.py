@@ -13,7 +13,7 @@ from pcpretrain import pc
 from pcpretrain.checkpoint_weights import layer_groups
 from pcpretrain.choices import DEFAULT_PC_TARGETS
 from pcpretrain.config import ModelConfig
-from pcpretrain.data.tokenizer import Tokenizer
+from pcpretrain.data.tokenizer import Tokenizer, load_tokenizer
 from pcpretrain.export import write_merged_groups, write_merged_model
 from pcpretrain.model import build_model
 
@@ -22,7 +22,7 @@ MODEL = ModelConfig(hidden_size=32, intermediate_size=80, num_layers=3, num_head
 
 @pytest.fixture(scope="module")
 def tokenizer(shared_dir: Path) -> Tokenizer:
-    return Tokenizer.load(shared_dir / "tokenizers" / "llama2" / "tokenizer.model")
+    return load_tokenizer(shared_dir / "tokenizers" / "llama2" / "tokenizer.model")
 
 
 @pytest.fixture(scope="module")

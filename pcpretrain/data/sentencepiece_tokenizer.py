@@ -99,11 +99,6 @@ class SentencePieceTokenizer(Tokenizer):
         return self._model_path
 
     @property
-    def model_path(self) -> Path:
-        """The ``.model`` file (same as :attr:`location`); kept for callers of the old API."""
-        return self._model_path
-
-    @property
     def processor(self) -> spm.SentencePieceProcessor:
         """The underlying SentencePiece processor, for anything not wrapped here."""
         return self._sp

@@ -80,12 +80,5 @@ class Tokenizer(ABC):
             )
         return token_id
 
-    @classmethod
-    def load(cls, path: str | Path) -> Tokenizer:
-        """Same as :func:`pcpretrain.data.tokenizer.load_tokenizer`; kept for callers of the old API."""
-        from pcpretrain.data.tokenizer import load_tokenizer
-
-        return load_tokenizer(path)
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.location)!r}, vocab_size={self.vocab_size})"

@@ -20,7 +20,7 @@ from pcpretrain.analysis.spectra_report import RECORDS_FILE, analyse, read_recor
 from pcpretrain.checkpoint_weights import layer_groups
 from pcpretrain.choices import DEFAULT_PC_TARGETS
 from pcpretrain.config import ModelConfig, TrainConfig, to_yaml
-from pcpretrain.data.tokenizer import Tokenizer
+from pcpretrain.data.tokenizer import load_tokenizer
 from pcpretrain.export import MERGED_INFO, export_checkpoint, run_info, write_merged_groups
 from pcpretrain.model import build_model
 from pcpretrain.spectra.analysis import SpectraReport
@@ -69,7 +69,7 @@ def model_dirs(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     """A PC model (gammas away from 1, one negative) written as an unmerged checkpoint, its merged form
     in one file and in indexed shards, and a plain Llama (the merged form without ``pcpretrain.json``)."""
     root = tmp_path_factory.mktemp("spectra")
-    tokenizer = Tokenizer.load(shared_dir / "tokenizers" / "llama2" / "tokenizer.model")
+    tokenizer = load_tokenizer(shared_dir / "tokenizers" / "llama2" / "tokenizer.model")
     torch.manual_seed(0)
     model = build_model(MODEL, tokenizer.vocab_size, tokenizer.bos_id, tokenizer.eos_id)
     pc.apply_pc(model, DEGREE, DEFAULT_PC_TARGETS, power_iters=10, seed=0)

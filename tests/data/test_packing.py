@@ -76,9 +76,9 @@ def test_real_text_round_trips_through_packing() -> None:
     shard = SHARED / "data" / "milton" / "validation.jsonl"
     if not (path.exists() and shard.exists()):
         pytest.skip(f"shared test data not found under {SHARED.resolve()}")
-    from pcpretrain.data.tokenizer import Tokenizer
+    from pcpretrain.data.tokenizer import load_tokenizer
 
-    tok = Tokenizer.load(path)
+    tok = load_tokenizer(path)
     texts = [json.loads(line)["text"] for line in shard.read_text(encoding="utf-8").splitlines()]
     packed = pack_documents(tok.encode_batch(texts), tok.bos_id, tok.eos_id, tok.vocab_size)
     assert packed.dtype == np.uint16

@@ -1,14 +1,22 @@
-"""SentencePiece tokenizer: loading, deterministic training, caching, Hugging Face export."""
+"""SentencePiece tokenizers: loading, deterministic training, caching, fingerprints, Hugging Face export."""
 
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import pytest
 
 from pcpretrain.data import tokenizer as tokenizer_module
-from pcpretrain.data.tokenizer import Tokenizer, load_or_train, train_sentencepiece
+from pcpretrain.data.tokenizer import (
+    SentencePieceTokenizer,
+    Tokenizer,
+    load_or_train,
+    load_tokenizer,
+    train_sentencepiece,
+)
+from pcpretrain.files import sha256_file
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
 MILTON = SHARED / "data" / "milton"
@@ -43,13 +51,15 @@ def milton_paragraphs() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def trained(milton_docs: list[str], tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
+def trained(milton_docs: list[str], tmp_path_factory: pytest.TempPathFactory) -> SentencePieceTokenizer:
     return train_sentencepiece(milton_docs, VOCAB, tmp_path_factory.mktemp("spm") / "tok.model")
 
 
 @pytest.fixture(scope="module")
-def llama2() -> Tokenizer:
-    return Tokenizer.load(_require(LLAMA2_MODEL))
+def llama2() -> SentencePieceTokenizer:
+    tokenizer = load_tokenizer(_require(LLAMA2_MODEL))
+    assert isinstance(tokenizer, SentencePieceTokenizer)
+    return tokenizer
 
 
 def test_llama2_reference_ids(llama2: Tokenizer) -> None:
@@ -58,9 +68,29 @@ def test_llama2_reference_ids(llama2: Tokenizer) -> None:
     assert llama2.decode([15043, 3186]) == "Hello world"
 
 
+def test_the_fingerprint_is_the_model_file_sha256_and_the_llama2_directory_stays_sentencepiece(
+    llama2: SentencePieceTokenizer, tmp_path: Path
+) -> None:
+    assert (llama2.kind, llama2.location) == ("sentencepiece", LLAMA2_MODEL)
+    assert llama2.fingerprint == sha256_file(LLAMA2_MODEL)  # as token shards and checkpoints recorded it
+    from_dir = load_tokenizer(LLAMA2_MODEL.parent)  # it holds tokenizer.json too: tokenizer.model wins
+    assert (from_dir.kind, from_dir.fingerprint) == ("sentencepiece", llama2.fingerprint)
+    assert llama2.save_files(tmp_path) == [tmp_path / "tokenizer.model"]
+    assert load_tokenizer(tmp_path).fingerprint == llama2.fingerprint
+    assert pickle.loads(pickle.dumps(llama2)).encode("Hello world") == [15043, 3186]
+    assert len(pickle.dumps(llama2)) < 1000  # its path, not the model
+    assert [llama2.token_to_id(t) for t in ("<unk>", "<s>", "</s>", "\u2581Hello", "no such piece")] == [
+        0,
+        1,
+        2,
+        15043,
+        None,
+    ]
+
+
 def test_training_is_deterministic(trained: Tokenizer, milton_docs: list[str], tmp_path: Path) -> None:
     again = train_sentencepiece(milton_docs, VOCAB, tmp_path / "again.model")
-    assert again.model_path.read_bytes() == trained.model_path.read_bytes()
+    assert again.location.read_bytes() == trained.location.read_bytes()
     assert [p.name for p in tmp_path.iterdir()] == ["again.model"], "no temp files left behind"
 
 
@@ -83,10 +113,10 @@ def test_load_or_train_hits_cache(milton_docs: list[str], tmp_path: Path, monkey
 
     monkeypatch.setattr(tokenizer_module, "train_sentencepiece", counting_train)
     first = load_or_train(lambda: milton_docs, VOCAB, tmp_path)
-    mtime = first.model_path.stat().st_mtime_ns
+    mtime = first.location.stat().st_mtime_ns
     second = load_or_train(lambda: list(milton_docs), VOCAB, tmp_path)
     assert calls == [VOCAB]
-    assert second.model_path == first.model_path and second.model_path.stat().st_mtime_ns == mtime
+    assert second.location == first.location and second.location.stat().st_mtime_ns == mtime
     load_or_train(lambda: milton_docs, 384, tmp_path)
     load_or_train(lambda: milton_docs[:-1], VOCAB, tmp_path)
     assert calls == [VOCAB, 384, VOCAB], "vocab size and corpus are part of the cache key"
@@ -95,11 +125,11 @@ def test_load_or_train_hits_cache(milton_docs: list[str], tmp_path: Path, monkey
 def test_load_errors_are_clear(tmp_path: Path) -> None:
     missing = tmp_path / "nope.model"
     with pytest.raises(FileNotFoundError, match="nope.model"):
-        Tokenizer.load(missing)
+        load_tokenizer(missing)
     garbage = tmp_path / "garbage.model"
     garbage.write_text("this is not a model")
     with pytest.raises(ValueError, match="not a SentencePiece model"):
-        Tokenizer.load(garbage)
+        load_tokenizer(garbage)
 
 
 def test_too_small_vocab_is_reported(milton_docs: list[str], tmp_path: Path) -> None:
@@ -135,9 +165,9 @@ def test_a_hugging_face_tokenizer_directory_loads_through_its_sentencepiece_mode
     )
     hf_dir = tmp_path / "hf"
     tokenizer.save_pretrained(hf_dir)
-    loaded = Tokenizer.load(hf_dir)
+    loaded = load_tokenizer(hf_dir)
     assert loaded.encode("alpha beta") == tokenizer.encode("alpha beta")
     assert loaded.kind == "sentencepiece" and loaded.fingerprint == tokenizer.fingerprint
     (hf_dir / "tokenizer.model").unlink()
-    as_hf = Tokenizer.load(hf_dir)
+    as_hf = load_tokenizer(hf_dir)
     assert as_hf.kind == "hf" and as_hf.encode("alpha beta") == tokenizer.encode("alpha beta")
