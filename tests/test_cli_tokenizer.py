@@ -59,3 +59,18 @@ def test_a_byte_level_bpe_tokenizer_trains_a_run_and_travels_with_its_checkpoint
         ) == tokenizer.encode(text)
         config = json.loads((directory / "config.json").read_text())
         assert (config["vocab_size"], config["bos_token_id"], config["eos_token_id"]) == (1024, 0, 1)
+
+
+def test_a_hub_tokenizer_that_cannot_be_fetched_is_bad_input_named_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    result = run_cli(
+        "train", *TINY_OVERRIDES, "data.tokenizer.path=no-such-org/no-such-tokenizer",
+        "data.tokenizer.vocab_size=null", f"run.dir={tmp_path / 'run'}", expect_ok=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "data.tokenizer.path='no-such-org/no-such-tokenizer': could not fetch" in result.stderr
+    assert "hf download no-such-org/no-such-tokenizer" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()  # refused before anything was written

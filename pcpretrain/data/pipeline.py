@@ -17,6 +17,7 @@ from pcpretrain.data.sources import TextSource
 from pcpretrain.data.stream import DocumentShards
 from pcpretrain.data.token_shards import TokenShards
 from pcpretrain.data.tokenizer import Tokenizer, load_or_train, load_tokenizer
+from pcpretrain.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,10 @@ def settle_tokenizer(cfg: DataConfig, source: DocumentShards, cache: Path) -> To
     """The configured one (path or Hub id); else the token shards' own; else one of
     ``data.tokenizer.kind`` trained on the source's head (cached)."""
     if cfg.tokenizer.path:
-        return load_tokenizer(cfg.tokenizer.path)
+        try:
+            return load_tokenizer(cfg.tokenizer.path)
+        except (ValueError, OSError) as err:  # bad input, reported without a traceback
+            raise ConfigError(f"data.tokenizer.path={cfg.tokenizer.path!r}: {err}") from err
     if isinstance(source, TokenShards):
         return source.load_tokenizer()
     return load_or_train(
@@ -170,10 +174,13 @@ def special_ids(cfg: DataConfig, tokenizer: Tokenizer) -> tuple[int | None, int 
     """The BOS/EOS ids packing adds: ``data.tokenizer.bos_token``/``eos_token`` when set, else the
     tokenizer's own; None where ``data.add_bos``/``data.add_eos`` is off."""
     bos, eos = tokenizer.bos_id, tokenizer.eos_id
-    if cfg.tokenizer.bos_token is not None:
-        bos = tokenizer.require_id(cfg.tokenizer.bos_token, "data.tokenizer.bos_token")
-    if cfg.tokenizer.eos_token is not None:
-        eos = tokenizer.require_id(cfg.tokenizer.eos_token, "data.tokenizer.eos_token")
+    try:
+        if cfg.tokenizer.bos_token is not None:
+            bos = tokenizer.require_id(cfg.tokenizer.bos_token, "data.tokenizer.bos_token")
+        if cfg.tokenizer.eos_token is not None:
+            eos = tokenizer.require_id(cfg.tokenizer.eos_token, "data.tokenizer.eos_token")
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
     return (bos if cfg.add_bos else None), (eos if cfg.add_eos else None)
 
 

@@ -15,6 +15,7 @@ from pcpretrain.data.bpe_training import BOS_TOKEN, EOS_TOKEN
 from pcpretrain.data.hf_tokenizer import HFTokenizer
 from pcpretrain.data.pipeline import TextEncoder, special_ids
 from pcpretrain.data.tokenizer import load_or_train, load_tokenizer, train_bpe
+from pcpretrain.errors import ConfigError
 
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda"]
 TEXTS = [
@@ -133,7 +134,7 @@ def test_bos_eos_overrides_from_the_config(bpe: HFTokenizer) -> None:
     cfg.add_bos = False
     assert special_ids(cfg, bpe) == (None, 0)
     cfg.tokenizer.eos_token = "<|eot_id|>"
-    with pytest.raises(ValueError, match=r"data.tokenizer.eos_token='<\|eot_id\|>' is not in the vocabulary"):
+    with pytest.raises(ConfigError, match=r"data.tokenizer.eos_token='<\|eot_id\|>' is not in the vocab"):
         special_ids(cfg, bpe)
 
 
