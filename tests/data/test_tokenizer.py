@@ -73,7 +73,7 @@ def test_the_fingerprint_is_the_model_file_sha256_and_the_llama2_directory_stays
 ) -> None:
     assert (llama2.kind, llama2.location) == ("sentencepiece", LLAMA2_MODEL)
     assert llama2.fingerprint == sha256_file(LLAMA2_MODEL)  # as token shards and checkpoints recorded it
-    from_dir = load_tokenizer(LLAMA2_MODEL.parent)  # it holds tokenizer.json too: tokenizer.model wins
+    from_dir = load_tokenizer(LLAMA2_MODEL.parent)  # a directory with tokenizer.model is SentencePiece
     assert (from_dir.kind, from_dir.fingerprint) == ("sentencepiece", llama2.fingerprint)
     assert llama2.save_files(tmp_path) == [tmp_path / "tokenizer.model"]
     assert load_tokenizer(tmp_path).fingerprint == llama2.fingerprint
