@@ -1,19 +1,23 @@
-"""Data-pipeline throughput: tokens/s of packed training windows, per loader-worker count.
+"""Data-pipeline throughput: tokens/s of packed training windows, per loader-worker count, and
+tokens/s of pre-tokenizing (``tokenize_to_shards``) per tokenize-worker count and tokenizer kind.
 
 Compares on-the-fly tokenization of text files with memory-mapped token shards of the same text,
 side by side in one process. Target: with 4 workers, at least 5 x the ~50k tokens/s one H100
-consumes training the 1B model (250k tokens/s).
+consumes training the 1B model (250k tokens/s). Pre-tokenizing runs the SentencePiece tokenizer
+(``--tokenizer``, else one trained here) and a byte-level BPE ``tokenizer.json`` (``--hf-tokenizer``,
+else one trained here) over the corpus repeated ``--tokenize-repeat`` times (so start-up does not
+dominate); target: at least 0.5M tokens/s per core with the hf tokenizer.
 
     python scripts/bench_data.py --files '../shared/data/milton/train-*.jsonl' \\
         --tokenizer ../shared/tokenizers/llama2/tokenizer.model --workers 1 2 4
-    python scripts/bench_data.py --tiny          # a seconds-long smoke run on generated text
-"""
+    python scripts/bench_data.py --tiny          # a seconds-long smoke run on generated text"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import random
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +28,10 @@ from pcpretrain.data.pretokenize import tokenize_to_shards
 from pcpretrain.data.sources import TextSource
 from pcpretrain.data.stream import DocumentShards, StreamSpec
 from pcpretrain.data.token_shards import TokenShards
-from pcpretrain.data.tokenizer import Tokenizer, load_tokenizer, train_sentencepiece
+from pcpretrain.data.tokenizer import Tokenizer, load_tokenizer, train_bpe, train_sentencepiece
+
+# Size of the byte-level BPE trained when no --hf-tokenizer is given.
+BPE_VOCAB = 16_000
 
 
 def measure(
@@ -67,6 +74,60 @@ def generated_corpus(directory: Path, files: int = 4, documents: int = 400) -> l
     return paths
 
 
+def repeated_files(files: list[str], times: int, directory: Path) -> list[str]:
+    """Each input file's rows ``times`` over, one output file per input: a corpus as long as needed
+    with the same shard count and text."""
+    if times == 1:
+        return files
+    text = TextSource.from_files(files)
+    paths = []
+    for k in range(text.num_shards):
+        rows = "".join(json.dumps({"text": doc}) + "\n" for doc in text.iter_shard(k))
+        path = directory / f"repeated-{k:05d}.jsonl"
+        path.write_text(rows * times)
+        paths.append(str(path))
+    return paths
+
+
+def measure_tokenization(
+    source: TextSource, tokenizer: Tokenizer, workers: int, out_dir: Path
+) -> tuple[int, float, float]:
+    """(tokens, wall seconds, CPU seconds of this process and its workers) of ``tokenize_to_shards``
+    into a fresh directory, worker start-up included. CPU time is what a core costs on a machine
+    other jobs share, where wall time is not."""
+    before = _cpu_seconds()
+    start = time.perf_counter()
+    shards = tokenize_to_shards(source, tokenizer, out_dir, workers=workers, overwrite=True)
+    return shards.total_tokens, time.perf_counter() - start, _cpu_seconds() - before
+
+
+def _cpu_seconds() -> float:
+    """User + system time of this process and its finished children (the pool's workers are joined)."""
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return sum(u.ru_utime + u.ru_stime for u in usage)
+
+
+def tokenization_table(
+    files: list[str], tokenizers: list[Tokenizer], workers: list[int], repeat: int, tmp_dir: Path
+) -> None:
+    """Print tokens/s of pre-tokenizing ``files`` (repeated) for each tokenizer and worker count."""
+    source = TextSource.from_files(repeated_files(files, repeat, tmp_dir))
+    print(f"\npre-tokenizing {source.num_shards} shards ({', '.join(files)}, each {repeat} times over)")
+    print(
+        f"{'tokenizer':36} {'workers':>7} {'tokens':>11} {'seconds':>7} {'tokens/s':>10} "
+        f"{'per worker':>10} {'per CPU-s':>10}"
+    )
+    for tokenizer in tokenizers:
+        name = f"{tokenizer.kind} {Path(tokenizer.location).name} ({tokenizer.vocab_size})"
+        for count in workers:
+            tokens, seconds, cpu = measure_tokenization(source, tokenizer, count, tmp_dir / "tokenize-bench")
+            rate = tokens / seconds
+            print(
+                f"{name:36} {count:7d} {tokens:11,d} {seconds:7.1f} {rate:10,.0f} "
+                f"{rate / max(count, 1):10,.0f} {tokens / cpu:10,.0f}"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -78,6 +139,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="*", default=[1, 2, 4])
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--batches", type=int, default=100)
+    parser.add_argument("--hf-tokenizer", help="a tokenizer.json (or its directory) to pre-tokenize with")
+    parser.add_argument("--tokenize-workers", type=int, nargs="*", default=[1, 2])
+    parser.add_argument("--tokenize-repeat", type=int, default=20, help="corpus copies to pre-tokenize")
     parser.add_argument("--tiny", action="store_true", help="generated corpus, few batches (smoke test)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -106,6 +170,12 @@ def main() -> None:
                 rate = measure(source, encoder, tokenizer, workers, args.seq_len, args.batches)
                 print(f"{name:32} {workers:7d} {rate:12,.0f} {rate / max(workers, 1):12,.0f}")
         print(f"corpus: {shards.total_tokens:,} tokens in {shards.num_shards} shards; seq_len {args.seq_len}")
+        if args.hf_tokenizer:
+            hf = load_tokenizer(args.hf_tokenizer)
+        else:
+            hf = train_bpe(text.first_documents(2000), BPE_VOCAB, tmp_dir / "bpe")
+        repeat, workers = (1, [2]) if args.tiny else (args.tokenize_repeat, args.tokenize_workers)
+        tokenization_table(files, [tokenizer, hf], workers, repeat, tmp_dir)
 
 
 if __name__ == "__main__":

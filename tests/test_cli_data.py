@@ -8,12 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import TINY_OVERRIDES, assert_resume_is_exact, read_metrics, run_cli
+from pretokenize_faults import FaultyShards
 
 from pcpretrain.data.pipeline import PretokenizedEncoder, TextEncoder
+from pcpretrain.data.pretokenize import tokenize_to_shards
 from pcpretrain.data.sources import TextSource
 from pcpretrain.data.stream import ReaderStream, StreamSpec
 from pcpretrain.data.token_shards import TokenShards
-from pcpretrain.data.tokenizer import load_tokenizer
+from pcpretrain.data.tokenizer import load_tokenizer, train_bpe
 
 pytestmark = pytest.mark.slow
 
@@ -31,9 +33,36 @@ def llama2(shared_dir: Path) -> Path:
 @pytest.fixture(scope="module")
 def shards(milton: Path, llama2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tokens") / "train"
-    result = run_cli("tokenize", str(milton / "train-*.jsonl"), "--tokenizer", str(llama2), "--out", str(out))
+    files = str(milton / "train-*.jsonl")
+    result = run_cli("tokenize", files, "--tokenizer", str(llama2), "--out", str(out), "--workers", "2")
     assert "4 shards" in result.stdout
+    assert "shard 4/4 done" in result.stderr and "4 of 4 shards done" in result.stderr
     return out
+
+
+def test_tokenize_continues_an_interrupted_run_and_refuses_other_settings(
+    milton: Path, llama2: Path, tmp_path: Path
+) -> None:
+    files = str(milton / "train-*.jsonl")
+    source = TextSource.from_files([files])
+    bpe = train_bpe(source.first_documents(200), 1000, tmp_path / "bpe")
+    out = tmp_path / "tokens"
+    with pytest.raises(RuntimeError, match="injected failure"):  # as the CLI describes the source:
+        tokenize_to_shards(FaultyShards(source, 2, "raise"), bpe, out, description=str([files]), workers=0)
+
+    refused = run_cli("tokenize", files, "--tokenizer", str(llama2), "--out", str(out), expect_ok=False)
+    assert refused.returncode == 1
+    assert f"{out}.partial holds an unfinished tokenize run with other settings" in refused.stderr
+    assert "tokenizer_kind was 'hf', now 'sentencepiece'" in refused.stderr
+
+    result = run_cli(
+        "tokenize", files, "--tokenizer", str(tmp_path / "bpe"), "--out", str(out), "--workers", "2"
+    )
+    assert "2 of 4 shards already done" in result.stderr and "4 of 4 shards done" in result.stderr
+    shards = TokenShards(out)
+    assert (shards.tokenizer_kind, shards.tokenizer_sha256) == ("hf", bpe.fingerprint)
+    texts = [text for text in source.iter_shard(3) if text]
+    assert [doc.tolist() for doc in shards.iter_shard(3)] == bpe.encode_batch(texts)
 
 
 def files_overrides(milton: Path, llama2: Path) -> list[str]:
