@@ -49,7 +49,7 @@ from pcpretrain.train.callbacks.progress import ConsoleProgress
 from pcpretrain.train.callbacks.spectral_monitor import SpectralMonitor
 from pcpretrain.train.callbacks.speed import SpeedMonitor
 from pcpretrain.train.callbacks.wandb_logger import WandbLogger
-from pcpretrain.train.engine import build_accelerator, launched_world_size
+from pcpretrain.train.engine import SHARDED_ENGINES, build_accelerator, launched_world_size
 from pcpretrain.train.preemption import Preemption
 from pcpretrain.train.state import TrainState
 from pcpretrain.train.trainer import Trainer
@@ -172,7 +172,7 @@ def run_training(cfg: TrainConfig, run_dir: Path) -> RunSummary:
     state = TrainState()
     if resume_from is not None:
         check_same_routing(resume_from, parts.assignment)
-        state = restore(accelerator, resume_from, train_batches)
+        state = restore(accelerator, resume_from, train_batches, cfg.distributed.engine)
         reapply_schedule(scheduler.scheduler)
         log.info("resumed from %s at step %d", resume_from, state.step)
     if state.step >= (cfg.trainer.stop_at or cfg.trainer.max_steps):
@@ -419,17 +419,36 @@ def check_reader_layout(cfg: TrainConfig, world_size: int) -> None:
         raise ConfigError(str(exc)) from exc
 
 
-def restore(accelerator: Accelerator, checkpoint_dir: Path, train_batches: StreamingBatches) -> TrainState:
-    """Load model, optimizer, scheduler and RNG via accelerate, then the logical streams' positions."""
+def restore(
+    accelerator: Accelerator, checkpoint_dir: Path, train_batches: StreamingBatches, engine: str
+) -> TrainState:
+    """Load model, optimizer, scheduler and RNG via accelerate, then the logical streams' positions.
+
+    The data resumes on any process count that divides ``data.streams``; the model and optimizer state
+    of the sharded engines only on the process count that saved them.
+    """
     state = TrainState.from_dict(ckpt.read_trainer_state(checkpoint_dir))
+    positions = ckpt.read_data_states(checkpoint_dir)
+    if engine in SHARDED_ENGINES and len(positions) != accelerator.num_processes:
+        raise_incompatible(
+            checkpoint_dir,
+            [
+                f"distributed.engine={engine} saved its state in {len(positions)} per-process parts; resume "
+                f"it on {len(positions)} processes, not {accelerator.num_processes} (the data order would "
+                "allow it; the sharded model and optimizer state does not)"
+            ],
+        )
     try:
-        train_batches.load_state_dict(ckpt.read_data_states(checkpoint_dir))
+        train_batches.load_state_dict(positions)
     except ValueError as exc:
         raise_incompatible(checkpoint_dir, [str(exc)])
     try:
         accelerator.load_state(str(checkpoint_dir))
     except (KeyError, ValueError) as exc:  # an optimizer state of another shape, from older checkpoints
         raise_incompatible(checkpoint_dir, [f"its model or optimizer state does not fit: {exc!r}"])
+    # accelerate counts micro-batches and applies the optimizer only when the count is a multiple of
+    # the accumulation steps; the restored count is the old run's, whose micro-batch size may differ.
+    accelerator.step = state.step * accelerator.gradient_accumulation_steps
     return state
 
 

@@ -54,7 +54,7 @@ def global_batch(ranks: list[StreamingBatches]) -> list[tuple[int, ...]]:
 
 
 def run(docs, world: int, workers: int, steps: int, switch: tuple[int, int, int] | None = None) -> list:
-    """``steps`` global batches; ``switch=(step, world, workers)`` checkpoints there and resumes on another layout."""
+    """``steps`` global batches; ``switch=(step, world, workers)``: saved there, resumed on that layout."""
     ranks = loaders(docs, world, workers)
     out = []
     for step in range(steps):

@@ -52,5 +52,5 @@ def test_two_fsdp_processes_match_one_process_muon_pc(single_muon: Path, tmp_pat
 
 
 def test_fsdp_run_stopped_and_resumed_matches_the_uninterrupted_one(fsdp_adamw: Path, tmp_path: Path) -> None:
-    overrides = split_overrides(*ADAMW_PC, FSDP, nproc=2)
+    overrides = split_overrides(*ADAMW_PC, FSDP)
     assert_resume_is_exact(overrides, 2, tmp_path, nproc=2, straight=fsdp_adamw)
