@@ -13,6 +13,7 @@ import pytest
 from pcpretrain.data import token_shard_writer
 from pcpretrain.data.token_shard_writer import TokenShardWriter
 from pcpretrain.data.token_shards import FORMAT_NAME, FORMAT_VERSION, TokenShards
+from pcpretrain.data.tokenizer import load_tokenizer
 from pcpretrain.files import sha256_file
 
 VOCAB = 300
@@ -343,3 +344,14 @@ def test_tokenizer_copy_checked(corpus: tuple[Path, list[list[np.ndarray]]]) -> 
     copy.unlink()
     with pytest.raises(FileNotFoundError, match=r"tokenizer/tokenizer\.model is missing"):
         TokenShards(out)
+
+
+def test_version_1_directory_gives_back_its_sentencepiece_tokenizer(shared_dir: Path, tmp_path: Path) -> None:
+    llama2 = load_tokenizer(shared_dir / "tokenizers" / "llama2" / "tokenizer.model")
+    out = tmp_path / "corpus"
+    with TokenShardWriter(out, llama2) as writer:
+        writer.add_document(llama2.encode("Of Man's first disobedience"))
+    as_version_1(out)
+    loaded = TokenShards(out).load_tokenizer()
+    assert (loaded.kind, loaded.fingerprint) == ("sentencepiece", llama2.fingerprint)
+    assert TokenShards(out).document(0, 0).tolist() == loaded.encode("Of Man's first disobedience")
