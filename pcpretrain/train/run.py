@@ -165,7 +165,10 @@ def run_training(cfg: TrainConfig, run_dir: Path) -> RunSummary:
     if resume_from is not None:
         check_compatible(resume_from, cfg, data)
 
-    parts = build_training_parts(cfg, accelerator, vocab_size, data.tokenizer.bos_id, data.tokenizer.eos_id)
+    # The model's config names the data's BOS/EOS (overrides included), else the tokenizer's own.
+    bos_id = data.tokenizer.bos_id if data.bos_id is None else data.bos_id
+    eos_id = data.tokenizer.eos_id if data.eos_id is None else data.eos_id
+    parts = build_training_parts(cfg, accelerator, vocab_size, bos_id, eos_id)
     model, optimizer, scheduler = parts.model, parts.optimizer, parts.scheduler
 
     train_batches = build_train_batches(cfg, data, accelerator, accelerator.gradient_accumulation_steps)
