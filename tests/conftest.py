@@ -25,3 +25,15 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"shared test data not found at {SHARED} (clone the repository beside ../shared)")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def milton(shared_dir: Path) -> Path:
+    """Real text: Paradise Lost in four jsonl training shards and a validation file."""
+    return shared_dir / "data" / "milton"
+
+
+@pytest.fixture(scope="session")
+def llama2_model(shared_dir: Path) -> Path:
+    """The Llama-2 SentencePiece model file."""
+    return shared_dir / "tokenizers" / "llama2" / "tokenizer.model"

@@ -12,11 +12,6 @@ from helpers import TINY_OVERRIDES, run_cli
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def milton(shared_dir: Path) -> Path:
-    return shared_dir / "data" / "milton"
-
-
 def test_a_byte_level_bpe_tokenizer_trains_a_run_and_travels_with_its_checkpoints(
     milton: Path, tmp_path: Path
 ) -> None:

@@ -15,24 +15,14 @@ COMMON = [*TINY_OVERRIDES, "trainer.max_steps=3", "trainer.eval_every=3", "logge
 
 
 @pytest.fixture(scope="module")
-def milton(shared_dir: Path) -> Path:
-    return shared_dir / "data" / "milton"
-
-
-@pytest.fixture(scope="module")
-def llama2(shared_dir: Path) -> Path:
-    return shared_dir / "tokenizers" / "llama2" / "tokenizer.model"
-
-
-@pytest.fixture(scope="module")
-def milton_shards(milton: Path, llama2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def milton_shards(milton: Path, llama2_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tokens") / "train"
     parts = [str(milton / f"train-0000{k}-of-00004.jsonl") for k in (2, 3)]
-    run_cli("tokenize", *parts, "--tokenizer", str(llama2), "--out", str(out))
+    run_cli("tokenize", *parts, "--tokenizer", str(llama2_model), "--out", str(out))
     return out
 
 
-def source_overrides(kind: str, milton: Path, llama2: Path, shards: Path) -> list[str]:
+def source_overrides(kind: str, milton: Path, llama2_model: Path, shards: Path) -> list[str]:
     """Milton's text through each kind of source, with the Llama-2 tokenizer."""
     files = "[" + ",".join(f"{milton}/train-0000{k}-of-00004.jsonl" for k in (0, 1)) + "]"
     by_kind = {
@@ -48,19 +38,19 @@ def source_overrides(kind: str, milton: Path, llama2: Path, shards: Path) -> lis
     return [
         *by_kind[kind],
         f"data.validation_files=[{milton}/validation.jsonl]",
-        f"data.tokenizer.path={llama2}",
+        f"data.tokenizer.path={llama2_model}",
         "data.tokenizer.vocab_size=null",  # TINY_OVERRIDES sizes a trained one
     ]
 
 
 @pytest.mark.parametrize("kind", ["files", "shards", "mixture"])
 def test_the_same_batches_on_any_processes_and_workers(
-    kind: str, milton: Path, llama2: Path, milton_shards: Path, tmp_path: Path
+    kind: str, milton: Path, llama2_model: Path, milton_shards: Path, tmp_path: Path
 ) -> None:
     runs = []
     for processes, workers in LAYOUTS:
         run_dir = tmp_path / f"{processes}x{workers}"
-        overrides = [*COMMON, *source_overrides(kind, milton, llama2, milton_shards)]
+        overrides = [*COMMON, *source_overrides(kind, milton, llama2_model, milton_shards)]
         run_cli("train", *overrides, f"data.num_workers={workers}", f"run.dir={run_dir}", nproc=processes)
         runs.append(read_metrics(run_dir))
     single = runs[0]
