@@ -357,7 +357,7 @@ def tokenize_command(args: list[str]) -> int:
             source,
             load_tokenizer(ns.tokenizer),
             ns.out,
-            description=str(ns.hub or ns.files),
+            description=_describe_source(ns),
             overwrite=ns.overwrite,
             workers=ns.workers,
         )
@@ -366,6 +366,12 @@ def tokenize_command(args: list[str]) -> int:
         return 1
     print(f"{shards.total_tokens:,} tokens in {shards.num_shards} shards written to {ns.out}")
     return 0
+
+
+def _describe_source(ns: argparse.Namespace) -> str:
+    """Everything on the command line that decides which texts are read (recorded with the shards)."""
+    where = f"Hub dataset {ns.hub!r} name {ns.hub_name!r} split {ns.split!r}" if ns.hub else str(ns.files)
+    return f"{where}, text field {ns.text_field!r}"
 
 
 def _log_progress(logger_name: str) -> None:

@@ -47,8 +47,9 @@ def test_tokenize_continues_an_interrupted_run_and_refuses_other_settings(
     source = TextSource.from_files([files])
     bpe = train_bpe(source.first_documents(200), 1000, tmp_path / "bpe")
     out = tmp_path / "tokens"
-    with pytest.raises(RuntimeError, match="injected failure"):  # as the CLI describes the source:
-        tokenize_to_shards(FaultyShards(source, 2, "raise"), bpe, out, description=str([files]), workers=0)
+    described = f"{[files]}, text field 'text'"  # as the CLI describes the source
+    with pytest.raises(RuntimeError, match="injected failure"):
+        tokenize_to_shards(FaultyShards(source, 2, "raise"), bpe, out, description=described, workers=0)
 
     refused = run_cli("tokenize", files, "--tokenizer", str(llama2), "--out", str(out), expect_ok=False)
     assert refused.returncode == 1
