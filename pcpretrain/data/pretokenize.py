@@ -165,7 +165,7 @@ def _run(job: _ShardJob, todo: list[int], workers: int, already: int) -> dict[in
                 for future in as_completed(futures):
                     record(*future.result())
             except BaseException:
-                pool.shutdown(cancel_futures=True)  # shards already running still finish, and count
+                pool.shutdown(cancel_futures=True)  # running shards still finish: a rerun skips them
                 raise
     except BrokenProcessPool as err:
         raise RuntimeError(
