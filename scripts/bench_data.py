@@ -15,6 +15,7 @@ dominate); target: at least 0.5M tokens/s per core with the hf tokenizer.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import resource
@@ -74,15 +75,17 @@ def generated_corpus(directory: Path, files: int = 4, documents: int = 400) -> l
     return paths
 
 
-def repeated_files(files: list[str], times: int, directory: Path) -> list[str]:
-    """Each input file's rows ``times`` over, one output file per input: a corpus as long as needed
-    with the same shard count and text."""
-    if times == 1:
+def repeated_files(files: list[str], times: int, directory: Path, head: int | None = None) -> list[str]:
+    """Each input file's rows (the first ``head`` of them, if given) ``times`` over, one output file
+    per input: a corpus as long (or short) as needed with the same shard count and text."""
+    if times == 1 and head is None:
         return files
     text = TextSource.from_files(files)
+    directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for k in range(text.num_shards):
-        rows = "".join(json.dumps({"text": doc}) + "\n" for doc in text.iter_shard(k))
+        documents = itertools.islice(text.iter_shard(k), head)
+        rows = "".join(json.dumps({"text": doc}) + "\n" for doc in documents)
         path = directory / f"repeated-{k:05d}.jsonl"
         path.write_text(rows * times)
         paths.append(str(path))
@@ -110,21 +113,28 @@ def _cpu_seconds() -> float:
 def tokenization_table(
     files: list[str], tokenizers: list[Tokenizer], workers: list[int], repeat: int, tmp_dir: Path
 ) -> None:
-    """Print tokens/s of pre-tokenizing ``files`` (repeated) for each tokenizer and worker count."""
-    source = TextSource.from_files(repeated_files(files, repeat, tmp_dir))
+    """Print tokens/s of pre-tokenizing ``files`` (repeated) for each tokenizer and worker count.
+
+    "steady" leaves out the fixed cost of a run (worker start-up, tokenizer copy, final checks),
+    measured as the time to tokenize one document per shard: what a long corpus runs at.
+    """
+    source = TextSource.from_files(repeated_files(files, repeat, tmp_dir / "repeated"))
+    heads = TextSource.from_files(repeated_files(files, 1, tmp_dir / "heads", head=1))
     print(f"\npre-tokenizing {source.num_shards} shards ({', '.join(files)}, each {repeat} times over)")
     print(
         f"{'tokenizer':36} {'workers':>7} {'tokens':>11} {'seconds':>7} {'tokens/s':>10} "
-        f"{'per worker':>10} {'per CPU-s':>10}"
+        f"{'per worker':>10} {'steady/wkr':>10} {'per CPU-s':>10}"
     )
     for tokenizer in tokenizers:
         name = f"{tokenizer.kind} {Path(tokenizer.location).name} ({tokenizer.vocab_size})"
         for count in workers:
+            fixed = measure_tokenization(heads, tokenizer, count, tmp_dir / "tokenize-bench")[1]
             tokens, seconds, cpu = measure_tokenization(source, tokenizer, count, tmp_dir / "tokenize-bench")
-            rate = tokens / seconds
+            rate, per = tokens / seconds, max(count, 1)
+            steady = tokens / max(seconds - fixed, 1e-9) / per
             print(
                 f"{name:36} {count:7d} {tokens:11,d} {seconds:7.1f} {rate:10,.0f} "
-                f"{rate / max(count, 1):10,.0f} {tokens / cpu:10,.0f}"
+                f"{rate / per:10,.0f} {steady:10,.0f} {tokens / cpu:10,.0f}"
             )
 
 
