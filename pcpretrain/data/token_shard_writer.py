@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from array import array
@@ -58,10 +59,10 @@ class ShardFile:
         self._buffered = 0
 
     def _temp_path(self, suffix: str) -> Path:
-        """A fresh hidden name per writer, so two processes writing the same shard never mix bytes."""
-        fd, name = tempfile.mkstemp(prefix=f".{self.name}.{suffix}.", suffix=".tmp", dir=self.directory)
-        os.close(fd)
-        return Path(name)
+        """A fresh hidden file per writer, so two processes writing the same shard never mix bytes."""
+        path = unique_path(self.directory, f".{self.name}.{suffix}.", ".tmp")
+        path.open("xb").close()
+        return path
 
     @property
     def documents(self) -> int:
@@ -123,6 +124,12 @@ class ShardFile:
         self._bin.close()
         self._buffer = []
         self._bin_tmp.unlink(missing_ok=True)
+
+
+def unique_path(directory: Path, prefix: str, suffix: str = "") -> Path:
+    """A name in ``directory`` that no other process picks. Unlike mkstemp/mkdtemp, what is created
+    under it gets the umask's permissions, so a corpus on a shared filesystem stays readable to all."""
+    return directory / f"{prefix}{os.getpid()}-{secrets.token_hex(6)}{suffix}"
 
 
 def finished_shard(directory: Path, index: int, vocab_size: int) -> dict[str, Any] | None:
@@ -233,7 +240,8 @@ class TokenShardWriter:
         self.overwrite = overwrite
         refuse_overwrite(self.out_dir, overwrite)
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.tmp-write-", dir=self.out_dir.parent))
+        self._tmp = unique_path(self.out_dir.parent, f".{self.out_dir.name}.tmp-write-")
+        self._tmp.mkdir()
         try:
             self._tokenizer_fields = save_tokenizer(tokenizer, self._tmp)
         except BaseException:

@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pcpretrain.data.stream import DocumentShards
-from pcpretrain.data.token_shard_writer import TEMP_GLOB, save_tokenizer, write_json_durably
+from pcpretrain.data.token_shard_writer import TEMP_GLOB, save_tokenizer, unique_path, write_json_durably
 from pcpretrain.files import fsync_dir
 
 if TYPE_CHECKING:
@@ -72,7 +71,8 @@ def _create(partial: Path, settings: dict[str, Any], tokenizer: Tokenizer) -> No
     """Settings and tokenizer copy first, in a hidden directory renamed to ``partial``: a directory
     under that name always says what it holds."""
     partial.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{partial.name}.tmp-", dir=partial.parent))
+    tmp = unique_path(partial.parent, f".{partial.name}.tmp-")
+    tmp.mkdir()
     try:
         save_tokenizer(tokenizer, tmp)
         write_json_durably(tmp / SETTINGS_FILE, settings)

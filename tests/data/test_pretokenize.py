@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -87,6 +88,21 @@ def test_hf_shards_record_kind_and_fingerprint(straight: Path, source: TextSourc
     assert json.loads((straight / "tokenize.json").read_text())["input_shards"] == [
         source.describe_shard(k) for k in range(4)
     ]
+
+
+def test_output_has_the_umask_permissions_not_private_ones(straight: Path) -> None:
+    """Shards on a shared filesystem must be readable by whoever the umask allows, as any file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(straight.stat().st_mode) == 0o777 & ~umask
+    for name in (
+        "shard_00000.bin",
+        "shard_00000.idx",
+        "meta.json",
+        "tokenize.json",
+        "tokenizer/tokenizer.json",
+    ):
+        assert stat.S_IMODE((straight / name).stat().st_mode) == 0o666 & ~umask, name
 
 
 def test_check_tokenizer_refuses_another_kind(straight: Path, spm_model: Path) -> None:
