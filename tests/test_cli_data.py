@@ -13,7 +13,7 @@ from pretokenize_faults import FaultyShards
 from pcpretrain.data.pipeline import PretokenizedEncoder, TextEncoder
 from pcpretrain.data.pretokenize import tokenize_to_shards
 from pcpretrain.data.sources import TextSource
-from pcpretrain.data.stream import ReaderStream, StreamSpec
+from pcpretrain.data.stream import LogicalStream, StreamSpec
 from pcpretrain.data.token_shards import TokenShards
 from pcpretrain.data.tokenizer import load_tokenizer, train_bpe
 
@@ -21,27 +21,17 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def milton(shared_dir: Path) -> Path:
-    return shared_dir / "data" / "milton"
-
-
-@pytest.fixture(scope="module")
-def llama2(shared_dir: Path) -> Path:
-    return shared_dir / "tokenizers" / "llama2" / "tokenizer.model"
-
-
-@pytest.fixture(scope="module")
-def shards(milton: Path, llama2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def shards(milton: Path, llama2_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tokens") / "train"
     files = str(milton / "train-*.jsonl")
-    result = run_cli("tokenize", files, "--tokenizer", str(llama2), "--out", str(out), "--workers", "2")
+    result = run_cli("tokenize", files, "--tokenizer", str(llama2_model), "--out", str(out), "--workers", "2")
     assert "4 shards" in result.stdout
     assert "shard 4/4 done" in result.stderr and "4 of 4 shards done" in result.stderr
     return out
 
 
 def test_tokenize_continues_an_interrupted_run_and_refuses_other_settings(
-    milton: Path, llama2: Path, tmp_path: Path
+    milton: Path, llama2_model: Path, tmp_path: Path
 ) -> None:
     files = str(milton / "train-*.jsonl")
     source = TextSource.from_files([files])
@@ -51,7 +41,7 @@ def test_tokenize_continues_an_interrupted_run_and_refuses_other_settings(
     with pytest.raises(RuntimeError, match="injected failure"):
         tokenize_to_shards(FaultyShards(source, 2, "raise"), bpe, out, description=described, workers=0)
 
-    refused = run_cli("tokenize", files, "--tokenizer", str(llama2), "--out", str(out), expect_ok=False)
+    refused = run_cli("tokenize", files, "--tokenizer", str(llama2_model), "--out", str(out), expect_ok=False)
     assert refused.returncode == 1
     assert f"{out}.partial holds an unfinished tokenize run with other settings" in refused.stderr
     assert "tokenizer_kind was 'hf', now 'sentencepiece'" in refused.stderr
@@ -66,12 +56,12 @@ def test_tokenize_continues_an_interrupted_run_and_refuses_other_settings(
     assert [doc.tolist() for doc in shards.iter_shard(3)] == bpe.encode_batch(texts)
 
 
-def files_overrides(milton: Path, llama2: Path) -> list[str]:
+def files_overrides(milton: Path, llama2_model: Path) -> list[str]:
     return [
         "data=files",
         f"data.train_files=[{milton}/train-*.jsonl]",
         f"data.validation_files=[{milton}/validation.jsonl]",
-        f"data.tokenizer.path={llama2}",
+        f"data.tokenizer.path={llama2_model}",
         "data.tokenizer.vocab_size=null",  # TINY_OVERRIDES sizes a trained one
         "model.vocab_size=32000",
         "data.seq_len=64",
@@ -79,33 +69,35 @@ def files_overrides(milton: Path, llama2: Path) -> list[str]:
 
 
 def test_token_shards_hold_the_same_tokens_as_on_the_fly_tokenization(
-    milton: Path, llama2: Path, shards: Path
+    milton: Path, llama2_model: Path, shards: Path
 ) -> None:
     text = TextSource.from_files([str(milton / "train-*.jsonl")])
     tokens = TokenShards(shards)
-    tokenizer = load_tokenizer(llama2)
+    tokenizer = load_tokenizer(llama2_model)
     spec = StreamSpec(
         seq_len=128,
         seed=0,
         shuffle=False,
         shuffle_buffer=64,
-        num_readers=1,
+        num_streams=1,
         num_shards=4,
         bos_id=1,
         eos_id=2,
         vocab_size=32000,
     )
-    from_text = ReaderStream(text, TextEncoder(llama2), spec, 0).windows()
-    from_shards = ReaderStream(tokens, PretokenizedEncoder(), spec, 0).windows()
+    from_text = LogicalStream(text, TextEncoder(llama2_model), spec, 0).windows()
+    from_shards = LogicalStream(tokens, PretokenizedEncoder(), spec, 0).windows()
     for a, b in itertools.islice(zip(from_text, from_shards, strict=True), 300):
         assert np.array_equal(a, b)
     assert tokens.tokenizer_sha256 and tokens.vocab_size == tokenizer.vocab_size
 
 
-def test_multi_shard_corpus_with_workers_resumes_exactly(milton: Path, llama2: Path, tmp_path: Path) -> None:
+def test_multi_shard_corpus_with_workers_resumes_exactly(
+    milton: Path, llama2_model: Path, tmp_path: Path
+) -> None:
     common = [
         *TINY_OVERRIDES,
-        *files_overrides(milton, llama2),
+        *files_overrides(milton, llama2_model),
         "data.num_workers=2",
         "trainer.max_steps=6",
         "checkpoint.every=3",
@@ -113,9 +105,9 @@ def test_multi_shard_corpus_with_workers_resumes_exactly(milton: Path, llama2: P
     assert len(assert_resume_is_exact(common, 3, tmp_path)) == 6
 
 
-def test_training_from_token_shards(shards: Path, milton: Path, llama2: Path, tmp_path: Path) -> None:
+def test_training_from_token_shards(shards: Path, milton: Path, llama2_model: Path, tmp_path: Path) -> None:
     val = tmp_path / "val"
-    run_cli("tokenize", str(milton / "validation.jsonl"), "--tokenizer", str(llama2), "--out", str(val))
+    run_cli("tokenize", str(milton / "validation.jsonl"), "--tokenizer", str(llama2_model), "--out", str(val))
     run_cli(
         "train",
         *TINY_OVERRIDES,
@@ -189,7 +181,7 @@ def test_missing_path_is_named(tmp_path: Path) -> None:
 
 
 def test_weighted_mixture_of_files_and_token_shards_trains_and_resumes(
-    milton: Path, llama2: Path, shards: Path, tmp_path: Path
+    milton: Path, llama2_model: Path, shards: Path, tmp_path: Path
 ) -> None:
     mixture = (
         f"data.mixture=[{{source:files,weight:2,train_files:['{milton}/train-0000[01]-of-00004.jsonl']}},"
@@ -200,7 +192,7 @@ def test_weighted_mixture_of_files_and_token_shards_trains_and_resumes(
         "data.source=mixture",
         mixture,
         f"data.validation_files=[{milton}/validation.jsonl]",
-        f"data.tokenizer.path={llama2}",
+        f"data.tokenizer.path={llama2_model}",
         "data.tokenizer.vocab_size=null",  # TINY_OVERRIDES sizes a trained one
         "model.vocab_size=32000",
         "data.seq_len=64",
