@@ -23,39 +23,44 @@ import tempfile
 import time
 from pathlib import Path
 
-from pcpretrain.data.batches import PackedWindows, StreamComponent, StreamingBatches
+from pcpretrain.data.batches import StreamComponent, StreamingBatches
 from pcpretrain.data.pipeline import PretokenizedEncoder, TextEncoder
 from pcpretrain.data.pretokenize import tokenize_to_shards
 from pcpretrain.data.sources import TextSource
 from pcpretrain.data.stream import DocumentShards, StreamSpec
+from pcpretrain.data.stream_layout import ReaderLayout
 from pcpretrain.data.token_shards import TokenShards
 from pcpretrain.data.tokenizer import Tokenizer, load_tokenizer, train_bpe, train_sentencepiece
 
 # Size of the byte-level BPE trained when no --hf-tokenizer is given.
 BPE_VOCAB = 16_000
+# The loader's geometry: the default data.streams, micro-batches of 8 windows, 4 per optimizer step.
+STREAMS, MICRO_BATCH, ACCUMULATION = 16, 8, 4
 
 
 def measure(
     source: DocumentShards, encoder, tokenizer: Tokenizer, workers: int, seq_len: int, batches: int
 ) -> float:
-    """Tokens/s delivered by the loader once its workers are warm."""
+    """Tokens/s the loader delivers to one process once its workers are warm: steps of 4 micro-batches
+    of 8 windows, from the default 16 logical streams."""
     spec = StreamSpec(
         seq_len=seq_len,
         seed=0,
         shuffle=True,
         shuffle_buffer=1024,
-        num_readers=max(workers, 1),
+        num_streams=STREAMS,
         num_shards=source.num_shards,
         bos_id=tokenizer.bos_id,
         eos_id=tokenizer.eos_id,
         vocab_size=tokenizer.vocab_size,
     )
-    loader = StreamingBatches(PackedWindows([StreamComponent(source, encoder, spec)], 0, workers), 8, 1, 1)
+    layout = ReaderLayout(STREAMS, world_size=1, workers=workers)
+    loader = StreamingBatches([StreamComponent(source, encoder, spec)], layout, 0, MICRO_BATCH, ACCUMULATION)
     loader.next_step()  # start the workers
     start = time.perf_counter()
     for _ in range(batches):
         loader.next_step()
-    return batches * 8 * seq_len / (time.perf_counter() - start)
+    return batches * MICRO_BATCH * ACCUMULATION * seq_len / (time.perf_counter() - start)
 
 
 def generated_corpus(directory: Path, files: int = 4, documents: int = 400) -> list[str]:
