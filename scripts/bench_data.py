@@ -136,10 +136,11 @@ def tokenization_table(
             fixed = measure_tokenization(heads, tokenizer, count, tmp_dir / "tokenize-bench")[1]
             tokens, seconds, cpu = measure_tokenization(source, tokenizer, count, tmp_dir / "tokenize-bench")
             rate, per = tokens / seconds, max(count, 1)
-            steady = tokens / max(seconds - fixed, 1e-9) / per
+            # Too short a run to tell its steady rate from its fixed cost: "-".
+            steady = f"{tokens / (seconds - fixed) / per:,.0f}" if seconds > 1.1 * fixed else "-"
             print(
                 f"{name:36} {count:7d} {tokens:11,d} {seconds:7.1f} {rate:10,.0f} "
-                f"{rate / per:10,.0f} {steady:10,.0f} {tokens / cpu:10,.0f}"
+                f"{rate / per:10,.0f} {steady:>10} {tokens / cpu:10,.0f}"
             )
 
 
@@ -189,7 +190,7 @@ def main() -> None:
             hf = load_tokenizer(args.hf_tokenizer)
         else:
             hf = train_bpe(text.first_documents(2000), BPE_VOCAB, tmp_dir / "bpe")
-        repeat, workers = (1, [2]) if args.tiny else (args.tokenize_repeat, args.tokenize_workers)
+        repeat, workers = (1, [0]) if args.tiny else (args.tokenize_repeat, args.tokenize_workers)
         tokenization_table(files, [tokenizer, hf], workers, repeat, tmp_dir)
 
 
