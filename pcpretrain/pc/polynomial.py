@@ -60,18 +60,22 @@ def polynomial_map(x: Tensor, degree: int) -> Tensor:
     return x @ q if tall else q @ x
 
 
-def polynomial_map_vjp(x: Tensor, grad: Tensor, degree: int) -> tuple[Tensor, Tensor]:
-    """(dL/dX, <grad, P> per matrix) for P = polynomial_map(X) and dL/dP = grad, without forming P.
+def polynomial_map_vjp(x: Tensor, grad: Tensor, degree: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(dL/dX, <grad, P>, <dL/dX, X>) per matrix for P = polynomial_map(X) and dL/dP = grad, without
+    forming P.
 
     For the tall case P = X q(G), G = X^T X: with A = X^T grad, the adjoint of Horner's recursion gives
     B = sum_i (G^i A) h_{i+1}, and dL/dX = grad q(G) + X (B + B^T). That is four m x n x n products (G
     and three for the gradient) where autograd needs six (it recomputes P, then differentiates both
     products); the m x n x n products are most of the per-step transform's cost.
-    The wide case is the tall case of the transposes. <grad, P> = <A, q(G)> gives gamma's gradient.
+    The wide case is the tall case of the transposes. <grad, P> = <A, q(G)> gives gamma's gradient, and
+    <dL/dX, X> = <A, q(G)> + <B + B^T, G> (sigma's gradient) comes from the small n x n factors, so no
+    m x n product of dL/dX and X is ever formed.
     """
     coeffs = PC_COEFFICIENTS.get(check_degree(degree))
     if coeffs is None:
-        return grad, (grad * x).sum(dim=(-2, -1))
+        inner = (grad * x).sum(dim=(-2, -1))
+        return grad, inner, inner
     tall = is_tall(x)
     xt, gt = (x, grad) if tall else (x.mT, grad.mT)
     gram = xt.mT @ xt
@@ -84,10 +88,11 @@ def polynomial_map_vjp(x: Tensor, grad: Tensor, degree: int) -> tuple[Tensor, Te
         a = gram @ a
     b += coeffs[-1] * a
     sym = b + b.mT
+    along_x = inner + (sym * gram).sum(dim=(-2, -1))
     # Both q(G) and B + B^T are symmetric, so the wide case's transpose is formed directly (contiguous).
     if tall:
-        return add_matmul_(grad @ terms[0], x, sym), inner
-    return add_matmul_(terms[0] @ grad, sym, x), inner
+        return add_matmul_(grad @ terms[0], x, sym), inner, along_x
+    return add_matmul_(terms[0] @ grad, sym, x), inner, along_x
 
 
 def precondition(weight: Tensor, degree: int, sigma: Tensor | float) -> Tensor:

@@ -57,9 +57,10 @@ def effective_weight_vjp(
         w = weight.to(dtype)
         sigma = spectral_norm_estimate(w, u, v)
         x = w / _per_matrix(sigma, w)
-        dx, inner = polynomial_map_vjp(x, grad.to(dtype), degree)
+        dx, inner, along_x = polynomial_map_vjp(x, grad.to(dtype), degree)
+        del x
         uu, vv = u.to(dtype), v.to(dtype)
-        coeff = -(dx * x).sum(dim=(-2, -1))
+        coeff = -along_x
         add_matmul_(dx, (uu * coeff.unsqueeze(-1)).unsqueeze(-1), vv.unsqueeze(-2))
         grad_weight = dx.mul_(_per_matrix(gamma.to(dtype), dx))
         grad_gamma = (sigma * inner).reshape(gamma.shape)

@@ -31,13 +31,14 @@ def test_batched_polynomial_and_its_vjp_equal_the_per_matrix_ones(shape, degree)
     s = stack(shape, seed=1)
     x, grad = s["weight"] / 4, s["grad"]
     batched = polynomial_map(x, degree)
-    dx, inner = polynomial_map_vjp(x, grad, degree)
-    assert inner.shape == (BATCH,)
+    dx, inner, along_x = polynomial_map_vjp(x, grad, degree)
+    assert inner.shape == along_x.shape == (BATCH,)
     for i in range(BATCH):
         torch.testing.assert_close(batched[i], polynomial_map(x[i], degree), rtol=1e-10, atol=1e-12)
-        dx_i, inner_i = polynomial_map_vjp(x[i], grad[i], degree)
+        dx_i, inner_i, along_x_i = polynomial_map_vjp(x[i], grad[i], degree)
         torch.testing.assert_close(dx[i], dx_i, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(inner[i], inner_i, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(along_x[i], along_x_i, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("shape", SHAPES)

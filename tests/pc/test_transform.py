@@ -161,9 +161,10 @@ def test_polynomial_map_vjp_matches_autograd(shape, degree):
     grad = rand(*shape, seed=22)
     out = polynomial_map(x, degree)
     (expected,) = torch.autograd.grad(out, x, grad)
-    dx, inner = polynomial_map_vjp(x.detach(), grad, degree)
+    dx, inner, along_x = polynomial_map_vjp(x.detach(), grad, degree)
     torch.testing.assert_close(dx, expected, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(inner, (grad * out).sum().detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(along_x, (expected * x).sum().detach(), rtol=1e-12, atol=1e-12)
 
 
 def _weight_gamma_u_v(shape: tuple[int, int], dtype: torch.dtype = F64):
