@@ -213,8 +213,14 @@ def assert_export_matches(run_dir: Path, single: Path, out: Path) -> None:
     assert not any(".pc_" in name for name in exported)
     for name, tensor in exported.items():
         torch.testing.assert_close(tensor, during_training[name], rtol=0, atol=1e-6)
-        # A few AdamW steps amplify reduction-order differences where the second moment is tiny.
-        torch.testing.assert_close(tensor, one_process[name], rtol=1e-3, atol=1e-4)
+        # A few AdamW steps amplify reduction-order differences where the second moment is tiny: single
+        # elements may move by a few 1e-4, the tensor as a whole stays at rounding level.
+        difference = (tensor - one_process[name]).abs()
+        assert difference.max() <= 5e-4 and difference.mean() <= 1e-6, (
+            name,
+            difference.max(),
+            difference.mean(),
+        )
 
 
 def is_top_level_op(event) -> bool:
