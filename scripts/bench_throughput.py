@@ -48,6 +48,8 @@ class Result:
     tokens_per_s: float
     mfu: float | None
     peak_gib: float | None
+    # Memory already allocated when the variant started: what earlier variants left behind (should be ~0).
+    start_gib: float | None
     optimizer_share: float
 
 
@@ -115,6 +117,7 @@ def run_variant(name: str, cfg: TrainConfig, micro_batches: int, warmup: int, st
     """Throughput over ``steps`` steps after ``warmup``; then ``steps`` more with the optimizer timed."""
     accelerator = build_accelerator(cfg)
     device = accelerator.device
+    start_gib = torch.cuda.memory_allocated() / 2**30 if device.type == "cuda" else None
     vocab = cfg.model.vocab_size or 32000
     torch.manual_seed(0)
     parts = build_training_parts(cfg, accelerator, vocab)
@@ -149,6 +152,7 @@ def run_variant(name: str, cfg: TrainConfig, micro_batches: int, warmup: int, st
         tokens_per_s=tokens_per_s,
         mfu=flops_per_token(cfg.model, vocab, cfg.data.seq_len) * tokens_per_s / peak if peak else None,
         peak_gib=torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
+        start_gib=start_gib,
         optimizer_share=sum(optimizer_timer.seconds) / len(optimizer_timer.seconds) / step_time,
     )
     del trainer, parts, accelerator
@@ -161,14 +165,18 @@ def run_variant(name: str, cfg: TrainConfig, micro_batches: int, warmup: int, st
 def render(results: list[Result]) -> str:
     base = results[0]
     lines = [
-        f"{'variant':20} {'tokens/s':>10} {'MFU':>7} {'peak GiB':>9} {'optim %':>8} {'vs ' + base.name:>12}"
+        f"{'variant':20} {'tokens/s':>10} {'MFU':>7} {'peak GiB':>9} {'start GiB':>9} {'optim %':>8} "
+        f"{'vs ' + base.name:>12}"
     ]
     for r in results:
         mfu = f"{100 * r.mfu:6.1f}%" if r.mfu is not None else "    n/a"
         peak = f"{r.peak_gib:9.1f}" if r.peak_gib is not None else "      n/a"
+        start = f"{r.start_gib:9.1f}" if r.start_gib is not None else "      n/a"
         ratio = r.tokens_per_s / base.tokens_per_s
         share = 100 * r.optimizer_share
-        lines.append(f"{r.name:20} {r.tokens_per_s:10,.0f} {mfu:>7} {peak} {share:7.1f}% {ratio:12.3f}")
+        lines.append(
+            f"{r.name:20} {r.tokens_per_s:10,.0f} {mfu:>7} {peak} {start} {share:7.1f}% {ratio:12.3f}"
+        )
     return "\n".join(lines)
 
 
