@@ -155,7 +155,11 @@ def run_variant(name: str, cfg: TrainConfig, micro_batches: int, warmup: int, st
         start_gib=start_gib,
         optimizer_share=sum(optimizer_timer.seconds) / len(optimizer_timer.seconds) / step_time,
     )
-    del trainer, parts, accelerator
+    # Release everything this variant allocated before the next one starts (accelerate's references,
+    # compiled graphs and their guards), so each variant's peak memory is its own.
+    accelerator.free_memory()
+    torch._dynamo.reset()
+    del trainer, parts, accelerator, optimizer_timer
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
