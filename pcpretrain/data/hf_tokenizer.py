@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,10 @@ class HFTokenizer(Tokenizer):
 
     def encode(self, text: str) -> list[int]:
         return self.backend.encode(text, add_special_tokens=False).ids
+
+    def use_one_thread(self) -> None:
+        # The tokenizers library reads this at every batch call; it applies to this whole process.
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         encodings = self.backend.encode_batch_fast(list(texts), add_special_tokens=False)

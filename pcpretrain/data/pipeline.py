@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from torch.utils.data import get_worker_info
+
 from pcpretrain.config import HUB_TRAINED_VOCAB_SIZE, TRAINED_VOCAB_SIZE, DataConfig, MixtureSourceConfig
 from pcpretrain.data.in_memory import InMemoryShards
 from pcpretrain.data.sample_corpus import sample_documents, split_documents
@@ -35,6 +37,8 @@ class TextEncoder:
     def __call__(self, texts: list[str]) -> list[list[int]]:
         if self._tokenizer is None:
             self._tokenizer = load_tokenizer(self.location)
+            if get_worker_info() is not None:
+                self._tokenizer.use_one_thread()
         return self._tokenizer.encode_batch(texts)
 
     def __getstate__(self) -> dict[str, Any]:

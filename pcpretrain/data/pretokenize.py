@@ -110,6 +110,7 @@ class _ShardJob:
                     f"the tokenizer copy in {self.directory / TOKENIZER_DIR} loads with fingerprint "
                     f"{tokenizer.fingerprint}, expected {self.fingerprint}; delete {self.directory}"
                 )
+            tokenizer.use_one_thread()  # only workers load it here, and they run one per core
             self.tokenizer = tokenizer
         return self.tokenizer
 

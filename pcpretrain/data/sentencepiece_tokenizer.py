@@ -59,6 +59,7 @@ class SentencePieceTokenizer(Tokenizer):
         self._model_path = Path(model_path)
         self._sp = processor if processor is not None else _load_processor(self._model_path)
         self._fingerprint: str | None = None
+        self._threads = -1  # SentencePiece's default: every core
 
     @classmethod
     def from_path(cls, path: str | Path) -> SentencePieceTokenizer:
@@ -69,11 +70,12 @@ class SentencePieceTokenizer(Tokenizer):
         return cls(path)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"model_path": self._model_path, "fingerprint": self._fingerprint}
+        return {"model_path": self._model_path, "fingerprint": self._fingerprint, "threads": self._threads}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self._model_path = state["model_path"]
         self._fingerprint = state["fingerprint"]
+        self._threads = state.get("threads", -1)
         self._sp = _load_processor(self._model_path)
 
     @property
@@ -114,7 +116,10 @@ class SentencePieceTokenizer(Tokenizer):
         return self._sp.encode(text)
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return self._sp.encode(list(texts))
+        return self._sp.encode(list(texts), num_threads=self._threads)
+
+    def use_one_thread(self) -> None:
+        self._threads = 1
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._sp.decode([int(i) for i in ids])

@@ -70,6 +70,11 @@ class Tokenizer(ABC):
         """Write files so ``transformers.AutoTokenizer.from_pretrained(out_dir)`` encodes any text to
         the ids of :meth:`encode` (with ``add_special_tokens=False``)."""
 
+    @abstractmethod
+    def use_one_thread(self) -> None:
+        """Encode on one thread from now on: loader and tokenize workers already run one per core, and a
+        thread pool in each would oversubscribe them."""
+
     def require_id(self, token: str, what: str) -> int:
         """The id of ``token``, or a ValueError naming ``what`` asked for it and where the vocabulary is."""
         token_id = self.token_to_id(token)
