@@ -4,6 +4,7 @@ from their config (and overrides), fingerprints, pickling for loader workers, tr
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from pathlib import Path
 
@@ -210,3 +211,11 @@ def test_a_hub_id_loads_the_downloaded_snapshot(bpe_dir: Path, tmp_path: Path, m
     assert tokenizer.location == bpe_dir and tokenizer.kind == "hf"
     assert asked == [("meta-llama/Meta-Llama-3-8B", tokenizer_module.HUB_TOKENIZER_FILES)]
     assert "model.safetensors" not in tokenizer_module.HUB_TOKENIZER_FILES
+
+
+def test_one_thread_encoding_gives_the_same_ids(bpe: HFTokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)  # use_one_thread sets it for the process
+    worker_copy = pickle.loads(pickle.dumps(bpe))
+    worker_copy.use_one_thread()
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
+    assert worker_copy.encode_batch(TEXTS * 8) == bpe.encode_batch(TEXTS * 8)

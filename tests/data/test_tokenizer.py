@@ -171,3 +171,12 @@ def test_a_hugging_face_tokenizer_directory_loads_through_its_sentencepiece_mode
     (hf_dir / "tokenizer.model").unlink()
     as_hf = load_tokenizer(hf_dir)
     assert as_hf.kind == "hf" and as_hf.encode("alpha beta") == tokenizer.encode("alpha beta")
+
+
+def test_one_thread_encoding_gives_the_same_ids_and_survives_pickling(llama2: Tokenizer) -> None:
+    texts = ["Of Man's first disobedience, and the fruit", "Sing, Heavenly Muse, 42 times."] * 8
+    expected = llama2.encode_batch(texts)
+    worker_copy = pickle.loads(pickle.dumps(llama2))
+    worker_copy.use_one_thread()
+    assert worker_copy.encode_batch(texts) == expected
+    assert pickle.loads(pickle.dumps(worker_copy)).encode_batch(texts) == expected
