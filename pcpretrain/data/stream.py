@@ -107,8 +107,13 @@ def shard_rows(num_shards: int, shard: int, stream: int, num_streams: int) -> Sh
 
 
 def _position_state(position: Any) -> dict[str, Any]:
-    """A position as plain values (the pending tokens as an int64 array), detached from the live one."""
-    return {**asdict(position), "pending": np.array(position.pending, dtype=np.int64)}
+    """A position as plain values, detached from the live one (``asdict`` copies the pending array)."""
+    return asdict(position)
+
+
+def _position_from_state(kind: type, state: dict[str, Any]) -> Any:
+    """The position dataclass ``kind`` back from :func:`_position_state` (pending tokens as int64)."""
+    return kind(**{**state, "pending": np.asarray(state["pending"], dtype=np.int64)})
 
 
 class LogicalStream:
@@ -143,9 +148,7 @@ class LogicalStream:
                 if getattr(self.spec, key) != value
             ]
             raise ValueError("cannot resume the data stream: " + ("; ".join(changed) or "stream id differs"))
-        position = dict(state["position"])
-        position["pending"] = np.asarray(position["pending"], dtype=np.int64)
-        self.position = StreamPosition(**position)
+        self.position = _position_from_state(StreamPosition, state["position"])
 
     def windows(self) -> Iterator[np.ndarray]:
         """Endless windows of ``seq_len + 1`` token ids (int64), epoch after epoch."""
@@ -283,9 +286,7 @@ class MixedStream:
             )
         for component, saved in zip(self.components, state["components"], strict=True):
             component.load_state_dict(saved)
-        mixture = dict(state["mixture"])
-        mixture["pending"] = np.asarray(mixture["pending"], dtype=np.int64)
-        self.position = MixturePosition(**mixture)
+        self.position = _position_from_state(MixturePosition, state["mixture"])
 
 
 def _compact(ids: Sequence[int]) -> np.ndarray:
