@@ -49,38 +49,81 @@ def is_tall(x: Tensor) -> bool:
     return x.shape[-2] >= x.shape[-1]
 
 
-def polynomial_map(x: Tensor, degree: int) -> Tensor:
-    """X q_k(G) with the Gram matrix on the smaller side; ``x`` may be a stack ``(..., m, n)``."""
+def smaller_gram(x: Tensor) -> Tensor:
+    """X^T X for tall X, X X^T for wide X: the Gram matrix on the smaller side, per matrix of a stack."""
+    return x.mT @ x if is_tall(x) else x @ x.mT
+
+
+def _factor(*factors: Tensor | None) -> Tensor | None:
+    """The product of the given per-matrix factors, None (meaning 1) standing for a missing one."""
+    present = [f for f in factors if f is not None]
+    if not present:
+        return None
+    out = present[0]
+    for f in present[1:]:
+        out = out * f
+    return out
+
+
+def _scaled(t: Tensor, factor: Tensor | None) -> Tensor:
+    return t if factor is None else t * factor
+
+
+def polynomial_map(
+    x: Tensor,
+    degree: int,
+    *,
+    scale: Tensor | None = None,
+    gram: Tensor | None = None,
+    out_scale: Tensor | None = None,
+) -> Tensor:
+    """``out_scale * X q_k(G)`` for ``X = scale * x``, with the Gram matrix G on the smaller side.
+
+    ``x`` may be a stack ``(..., m, n)``; ``scale`` and ``out_scale`` are per-matrix factors shaped
+    ``(..., 1, 1)`` (default 1) and ``gram`` is :func:`smaller_gram` of ``x`` when the caller has it.
+    Both factors are folded into the small n x n matrix q, so the large m x n operand is read by one
+    matrix product only and never rescaled elementwise.
+    """
     coeffs = PC_COEFFICIENTS.get(check_degree(degree))
+    factor = _factor(scale, out_scale)
     if coeffs is None:
-        return x
-    tall = is_tall(x)
-    gram = x.mT @ x if tall else x @ x.mT
-    (q,) = _horner_terms(gram, coeffs, keep_all=False)
-    return x @ q if tall else q @ x
+        return _scaled(x, factor)
+    gram = smaller_gram(x) if gram is None else gram
+    (q,) = _horner_terms(_scaled(gram, _factor(scale, scale)), coeffs, keep_all=False)
+    q = _scaled(q, factor)
+    return x @ q if is_tall(x) else q @ x
 
 
-def polynomial_map_vjp(x: Tensor, grad: Tensor, degree: int) -> tuple[Tensor, Tensor, Tensor]:
-    """(dL/dX, <grad, P>, <dL/dX, X>) per matrix for P = polynomial_map(X) and dL/dP = grad, without
-    forming P.
+def polynomial_map_vjp(
+    x: Tensor,
+    grad: Tensor,
+    degree: int,
+    *,
+    scale: Tensor | None = None,
+    gram: Tensor | None = None,
+    out_scale: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(out_scale * dL/dX, <grad, P>, <dL/dX, X>) per matrix for P = polynomial_map(X), X = scale * x and
+    dL/dP = grad, without forming P or X (arguments as in :func:`polynomial_map`).
 
     For the tall case P = X q(G), G = X^T X: with A = X^T grad, the adjoint of Horner's recursion gives
-    B = sum_i (G^i A) h_{i+1}, and dL/dX = grad q(G) + X (B + B^T). That is four m x n x n products (G
-    and three for the gradient) where autograd needs six (it recomputes P, then differentiates both
-    products); the m x n x n products are most of the per-step transform's cost.
-    The wide case is the tall case of the transposes. <grad, P> = <A, q(G)> gives gamma's gradient, and
-    <dL/dX, X> = <A, q(G)> + <B + B^T, G> (sigma's gradient) comes from the small n x n factors, so no
-    m x n product of dL/dX and X is ever formed.
+    B = sum_i (G^i A) h_{i+1}, and dL/dX = grad q(G) + X (B + B^T). That is three m x n x n products
+    (A and the two of the gradient; G comes from the caller where it has it) where autograd needs six
+    (it recomputes G and P, then differentiates both products); the m x n x n products are most of the
+    per-step transform's cost. The wide case is the tall case of the transposes. <grad, P> = <A, q(G)>
+    gives gamma's gradient, and <dL/dX, X> = <A, q(G)> + <B + B^T, G> (sigma's gradient) comes from the
+    small n x n factors, so no m x n product of dL/dX and X is ever formed.
     """
     coeffs = PC_COEFFICIENTS.get(check_degree(degree))
     if coeffs is None:
-        inner = (grad * x).sum(dim=(-2, -1))
-        return grad, inner, inner
+        inner = _scaled((grad * x).sum(dim=(-2, -1), keepdim=True), scale)
+        return _scaled(grad, out_scale), inner.reshape(inner.shape[:-2]), inner.reshape(inner.shape[:-2])
     tall = is_tall(x)
     xt, gt = (x, grad) if tall else (x.mT, grad.mT)
-    gram = xt.mT @ xt
+    gram = smaller_gram(x) if gram is None else gram
+    gram = _scaled(gram, _factor(scale, scale))
     terms = _horner_terms(gram, coeffs, keep_all=True)
-    a = xt.mT @ gt
+    a = _scaled(xt.mT @ gt, scale)
     inner = (a * terms[0]).sum(dim=(-2, -1))
     b = torch.zeros_like(a)
     for h_next in terms[1:]:
@@ -89,10 +132,12 @@ def polynomial_map_vjp(x: Tensor, grad: Tensor, degree: int) -> tuple[Tensor, Te
     b += coeffs[-1] * a
     sym = b + b.mT
     along_x = inner + (sym * gram).sum(dim=(-2, -1))
+    q = _scaled(terms[0], out_scale)
+    sym = _scaled(sym, _factor(scale, out_scale))
     # Both q(G) and B + B^T are symmetric, so the wide case's transpose is formed directly (contiguous).
     if tall:
-        return add_matmul_(grad @ terms[0], x, sym), inner, along_x
-    return add_matmul_(terms[0] @ grad, sym, x), inner, along_x
+        return add_matmul_(grad @ q, x, sym), inner, along_x
+    return add_matmul_(q @ grad, sym, x), inner, along_x
 
 
 def precondition(weight: Tensor, degree: int, sigma: Tensor | float) -> Tensor:

@@ -9,6 +9,12 @@ backward) costs more than the model's own matmuls for the 1B shapes. Here, per o
   into the raw weights' and gammas' ``.grad``;
 - :meth:`PCStep.update_spectral` runs the power iteration after the optimizer step.
 
+The Gram matrix of each raw weight (on its smaller side) is the one large product the three phases
+share: the power iteration computes it for the new weights and iterates on it, ``begin`` of the next
+step builds W_eff from it and ``finish`` differentiates with it. It is kept from one phase to the next
+while the weights stay unchanged (their version counters say so), and dropped after ``finish``: one
+float32 n x n matrix per PC layer while the step runs.
+
 All three work on stacks of same-shaped layers (:mod:`pcpretrain.pc.groups`), so kernel launches
 depend on the number of shapes, not layers. With several ranks each stack is split into contiguous
 slices: rank ``r`` computes its slice from the whole (gathered, where the engine shards) weights and
@@ -25,8 +31,9 @@ from torch import Tensor, nn
 
 from pcpretrain.pc.groups import full_shape, shape_groups, stack_buffers, unstack_into
 from pcpretrain.pc.layers import PCLinear, pc_modules
-from pcpretrain.pc.precision import compute_dtype, cuda_tf32
-from pcpretrain.pc.spectral import power_iteration_, spectral_norm_estimate
+from pcpretrain.pc.polynomial import smaller_gram
+from pcpretrain.pc.precision import autocast_off, compute_dtype, cuda_tf32
+from pcpretrain.pc.spectral import power_iteration_, power_iteration_with_gram_, spectral_norm_estimate
 from pcpretrain.pc.transform import effective_weight, effective_weight_vjp
 from pcpretrain.sharding import (
     broadcast_slices,
@@ -61,6 +68,10 @@ class _Group:
         self.start, self.end = self.bounds[rank]
         self.grad_sum: Tensor | None = None
         self.sigma: Tensor | None = None
+        # This rank's slice: the raw weights' Gram matrices and sigma estimates, and the weights' version
+        # counters they were computed at (see the module docstring).
+        self._gram: tuple[Tensor, Tensor] | None = None
+        self._gram_versions: tuple[int, ...] = ()
 
     @property
     def owns_any(self) -> bool:
@@ -75,6 +86,24 @@ class _Group:
 
     def buffers(self) -> tuple[Tensor, Tensor]:
         return stack_buffers(self.modules, "pc_u"), stack_buffers(self.modules, "pc_v")
+
+    def _versions(self) -> tuple[int, ...]:
+        return tuple(mod.weight._version for mod in self.modules)
+
+    def keep_gram(self, gram: Tensor, sigma: Tensor) -> None:
+        """Keep the slice's Gram matrices and sigmas for the next phase, valid while the weights are unchanged."""
+        self._gram, self._gram_versions = (gram, sigma), self._versions()
+
+    def gram_and_sigma(self, weights: Tensor, u: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """The slice's Gram matrices and sigmas: the kept ones if the weights have not changed since."""
+        if self._gram is not None and self._gram_versions == self._versions():
+            return self._gram
+        with autocast_off(weights.device.type):
+            w = weights.to(compute_dtype(weights.dtype))
+            return smaller_gram(w), spectral_norm_estimate(w, u, v)
+
+    def drop_gram(self) -> None:
+        self._gram = None
 
     def stack_like(self, dtype: torch.dtype) -> Tensor:
         first = self.modules[0]
@@ -139,7 +168,11 @@ class PCStep:
         if group.owns_any:
             u, v = group.buffers()
             rows = slice(group.start, group.end)
-            stack[rows] = effective_weight(weights, gammas, u[rows], v[rows], first.degree)
+            gram, sigma = group.gram_and_sigma(weights, u[rows], v[rows])
+            stack[rows] = effective_weight(
+                weights, gammas, u[rows], v[rows], first.degree, gram=gram, sigma=sigma
+            )
+            group.keep_gram(gram, sigma)
         del weights
         broadcast_slices(stack, group.bounds)
         group.grad_sum = torch.zeros_like(stack, dtype=compute_dtype(dtype))
@@ -180,6 +213,7 @@ class PCStep:
         if group.owns_any:
             rows = slice(group.start, group.end)
             u, v = group.buffers()
+            gram, sigma = group.gram_and_sigma(weights, u[rows], v[rows])
             grad_weight, grad_gamma = effective_weight_vjp(
                 weights,
                 gammas,
@@ -187,9 +221,15 @@ class PCStep:
                 v[rows],
                 group.modules[0].degree,
                 grads[rows].div_(self.world) if self.world > 1 else grads[rows],
+                gram=gram,
+                sigma=sigma,
             )
-            grads[rows] = grad_weight
+            if group.end - group.start == len(grads) and grad_weight.dtype == grads.dtype:
+                grads = grad_weight  # this rank computed the whole stack: no copy into the old buffer
+            else:
+                grads[rows] = grad_weight
             grad_gammas[rows] = grad_gamma
+        group.drop_gram()
         del weights
         broadcast_slices(grads, group.bounds)
         broadcast_slices(grad_gammas, group.bounds)
@@ -201,8 +241,17 @@ class PCStep:
         sigma = torch.empty(len(group.modules), dtype=u.dtype, device=u.device)
         if group.owns_any:
             rows = slice(group.start, group.end)
-            power_iteration_(weights, u[rows], v[rows], group.modules[0].power_iters)
-            sigma[rows] = spectral_norm_estimate(weights.to(u.dtype), u[rows], v[rows])
+            iters = group.modules[0].power_iters
+            if self.per_step:
+                with autocast_off(weights.device.type):
+                    w = weights.to(compute_dtype(weights.dtype))
+                    gram = smaller_gram(w)
+                    power_iteration_with_gram_(w, gram, u[rows], v[rows], iters)
+                    sigma[rows] = spectral_norm_estimate(w, u[rows], v[rows])
+                group.keep_gram(gram, sigma[rows])
+            else:
+                power_iteration_(weights, u[rows], v[rows], iters)
+                sigma[rows] = spectral_norm_estimate(weights.to(u.dtype), u[rows], v[rows])
         del weights
         for stack in (u, v, sigma):
             broadcast_slices(stack, group.bounds)

@@ -25,7 +25,21 @@ def _per_matrix(scalar: Tensor, like: Tensor) -> Tensor:
     return scalar.reshape(*like.shape[:-2], 1, 1)
 
 
-def effective_weight(weight: Tensor, gamma: Tensor, u: Tensor, v: Tensor, degree: int) -> Tensor:
+def _sigma(w: Tensor, u: Tensor, v: Tensor, sigma: Tensor | None) -> Tensor:
+    """The per-matrix sigma shaped to broadcast: the caller's, or u^T W v + eps (differentiable in W)."""
+    return _per_matrix(spectral_norm_estimate(w, u, v) if sigma is None else sigma.to(w.dtype), w)
+
+
+def effective_weight(
+    weight: Tensor,
+    gamma: Tensor,
+    u: Tensor,
+    v: Tensor,
+    degree: int,
+    *,
+    gram: Tensor | None = None,
+    sigma: Tensor | None = None,
+) -> Tensor:
     """gamma * stopgrad(sigma) * X q_k(G), always computed in float32 (float64 for float64 weights).
 
     Why not in bf16 under autocast: the polynomial's large alternating coefficients (e.g. +14.1 G^2
@@ -33,35 +47,51 @@ def effective_weight(weight: Tensor, gamma: Tensor, u: Tensor, v: Tensor, degree
     singular-value map, and sigma / the normalisation need float32 range. Autocast is therefore disabled
     here and the result is cast back to weight.dtype. Merging calls this same function, so merged weights
     equal the weights used in training exactly.
+
+    X is never formed: W_eff = W (gamma sg(sigma) / sigma) q_k(W^T W / sigma^2), every scalar folded into
+    the small matrix. ``gram`` (W^T W or W W^T, the smaller side, of the float32 weight) and ``sigma``
+    (u^T W v + eps) may come from the caller, who computed them for the same weight; no gradient flows
+    through a given sigma.
     """
     with autocast_off(weight.device.type):
         dtype = compute_dtype(weight.dtype)
         w = weight.to(dtype)
-        sigma = _per_matrix(spectral_norm_estimate(w, u, v), w)
-        out = _per_matrix(gamma.to(dtype), w) * sigma.detach() * polynomial_map(w / sigma, degree)
+        s = _sigma(w, u, v, sigma)
+        out_scale = _per_matrix(gamma.to(dtype), w) * s.detach()
+        out = polynomial_map(w, degree, scale=1 / s, gram=gram, out_scale=out_scale)
     return out.to(weight.dtype)
 
 
 @torch.no_grad()
 def effective_weight_vjp(
-    weight: Tensor, gamma: Tensor, u: Tensor, v: Tensor, degree: int, grad: Tensor
+    weight: Tensor,
+    gamma: Tensor,
+    u: Tensor,
+    v: Tensor,
+    degree: int,
+    grad: Tensor,
+    *,
+    gram: Tensor | None = None,
+    sigma: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(dL/dweight, dL/dgamma) of :func:`effective_weight` for dL/dW_eff = ``grad``, in closed form.
 
     With X = W / sigma(W) and D = dL/dX of the polynomial for ``grad``:
     dL/dW = gamma * (D - <D, X> u v^T) (sigma's own gradient enters through X only) and
-    dL/dgamma = stopgrad(sigma) * <grad, P>. Same precision rules as the forward.
+    dL/dgamma = stopgrad(sigma) * <grad, P>. Same precision rules, ``gram`` and ``sigma`` as the
+    forward; gamma and 1/sigma are folded into the small matrices, so the large ones are read by the
+    matrix products and by the rank-one correction only.
     """
     with autocast_off(weight.device.type):
         dtype = compute_dtype(weight.dtype)
         w = weight.to(dtype)
-        sigma = spectral_norm_estimate(w, u, v)
-        x = w / _per_matrix(sigma, w)
-        dx, inner, along_x = polynomial_map_vjp(x, grad.to(dtype), degree)
-        del x
+        s = _sigma(w, u, v, sigma)
+        g = _per_matrix(gamma.to(dtype), w)
+        grad_weight, inner, along_x = polynomial_map_vjp(
+            w, grad.to(dtype), degree, scale=1 / s, gram=gram, out_scale=g
+        )
         uu, vv = u.to(dtype), v.to(dtype)
-        coeff = -along_x
-        add_matmul_(dx, (uu * coeff.unsqueeze(-1)).unsqueeze(-1), vv.unsqueeze(-2))
-        grad_weight = dx.mul_(_per_matrix(gamma.to(dtype), dx))
-        grad_gamma = (sigma * inner).reshape(gamma.shape)
+        coeff = -along_x * g.reshape(along_x.shape)
+        add_matmul_(grad_weight, (uu * coeff.unsqueeze(-1)).unsqueeze(-1), vv.unsqueeze(-2))
+        grad_gamma = (s.reshape(inner.shape) * inner).reshape(gamma.shape)
     return grad_weight.to(weight.dtype), grad_gamma.to(gamma.dtype)

@@ -6,8 +6,8 @@ import pytest
 import torch
 from pc_reference import F64, SHAPES, rand, unit
 
-from pcpretrain.pc.polynomial import polynomial_map, polynomial_map_vjp
-from pcpretrain.pc.spectral import power_iteration_, spectral_norm_estimate
+from pcpretrain.pc.polynomial import polynomial_map, polynomial_map_vjp, smaller_gram
+from pcpretrain.pc.spectral import power_iteration_, power_iteration_with_gram_, spectral_norm_estimate
 from pcpretrain.pc.transform import effective_weight, effective_weight_vjp
 
 BATCH = 3
@@ -72,3 +72,35 @@ def test_batched_power_iteration_equals_the_per_matrix_one(shape) -> None:
         torch.testing.assert_close(
             sigma[i], spectral_norm_estimate(s["weight"][i], u_i, v_i), rtol=1e-10, atol=0
         )
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("iters", [0, 1, 2, 10])
+def test_power_iteration_from_the_gram_gives_the_same_iterates(shape, iters) -> None:
+    s = stack(shape, seed=4)
+    u, v = s["u"].clone(), s["v"].clone()
+    power_iteration_(s["weight"], u, v, iters=iters)
+    u_gram, v_gram = s["u"].clone(), s["v"].clone()
+    power_iteration_with_gram_(s["weight"], smaller_gram(s["weight"]), u_gram, v_gram, iters=iters)
+    torch.testing.assert_close(u_gram, u, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(v_gram, v, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("degree", [0, 2, 4])
+def test_a_given_gram_and_sigma_give_what_the_transform_computes_itself(shape, degree) -> None:
+    s = stack(shape, seed=5)
+    w, gamma, u, v, grad = s["weight"], s["gamma"], s["u"], s["v"], s["grad"]
+    given = {"gram": smaller_gram(w), "sigma": spectral_norm_estimate(w, u, v)}
+    torch.testing.assert_close(
+        effective_weight(w, gamma, u, v, degree, **given),
+        effective_weight(w, gamma, u, v, degree),
+        rtol=1e-12,
+        atol=1e-14,
+    )
+    for mine, theirs in zip(
+        effective_weight_vjp(w, gamma, u, v, degree, grad, **given),
+        effective_weight_vjp(w, gamma, u, v, degree, grad),
+        strict=True,
+    ):
+        torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-14)

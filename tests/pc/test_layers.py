@@ -21,6 +21,7 @@ from pcpretrain.pc import (
     polynomial_map,
     precondition,
 )
+from pcpretrain.pc.polynomial import smaller_gram
 
 
 def tiny_llama(intermediate_size: int = 128) -> LlamaForCausalLM:
@@ -218,6 +219,39 @@ def test_per_step_transform_gives_the_per_forward_gradients() -> None:
     for name, grad in per_forward.items():
         torch.testing.assert_close(per_step[name], grad, rtol=1e-10, atol=1e-12)
     assert all(mod.step_weight is None for _, mod in pc_modules(model))  # released after the step
+
+
+def test_the_gram_kept_between_phases_is_dropped_when_the_weights_change(monkeypatch) -> None:
+    """The power iteration's Gram serves the next step's W_eff and its backward, one Gram per layer per
+    step; a weight changed in between (here by hand) is seen, and W_eff is the freshly computed one."""
+    from pcpretrain.pc import step as pc_step
+
+    model = tiny_llama().to(F64).train()
+    apply_pc(model, 4)
+    grams = []
+    monkeypatch.setattr(pc_step, "smaller_gram", lambda w: grams.append(len(w)) or smaller_gram(w))
+    step = PCStep(model)
+    modules = [mod for _, mod in pc_modules(model)]
+    tokens = torch.randint(0, 128, (2, 8), generator=torch.Generator().manual_seed(0))
+    for changed_by_hand in (False, True, False):
+        step.begin()
+        expected = [mod.effective_weight() for mod in modules]
+        for mod, weight in zip(modules, expected, strict=True):
+            torch.testing.assert_close(mod.step_weight, weight, rtol=1e-12, atol=1e-14)
+        model(input_ids=tokens, labels=tokens).loss.backward()
+        step.finish()
+        with torch.no_grad():
+            for mod in modules:
+                mod.weight.sub_(1e-2 * mod.weight.grad)
+        model.zero_grad(set_to_none=True)
+        step.update_spectral()
+        if changed_by_hand:
+            with torch.no_grad():
+                modules[0].weight.mul_(1.5)
+    groups = len(step.groups)
+    # Step 1 computes its Gram, steps 2 and 3 reuse the power iteration's, except for the group changed by
+    # hand before step 3.
+    assert len(grams) == groups + 3 * groups + 1
 
 
 def test_per_step_transform_is_computed_once_and_shared_by_micro_batches(monkeypatch) -> None:

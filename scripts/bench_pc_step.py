@@ -1,0 +1,118 @@
+"""Time of the per-step PC phases (W_eff, its backward, the power iteration) against their FLOP count.
+
+Builds the model's PC layers at a model config's shapes (default: the paper's 1B, PC degree 4), feeds
+``begin`` / ``finish`` / ``update_spectral`` of :class:`pcpretrain.pc.step.PCStep` random gradients,
+and prints milliseconds per phase, the matmul FLOPs each phase does and the rate it reached. On a GPU
+the transform runs as in training (TF32 unless ``--no-tf32``, W_eff kept in bf16).
+
+    python scripts/bench_pc_step.py                          # 1B shapes on the GPU
+    python scripts/bench_pc_step.py --model 271M --layers 2  # a CPU-sized slice with the 1B aspect ratios
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+
+from pcpretrain import pc
+from pcpretrain.config import register_configs, to_train_config
+from pcpretrain.model import build_model
+from pcpretrain.pc.layers import PCLinear, pc_modules
+from pcpretrain.pc.step import PCStep
+
+CONFIGS = Path(__file__).resolve().parents[1] / "pcpretrain" / "configs"
+
+
+def horner_products(degree: int) -> int:
+    """Products of two small (n x n) matrices in Horner's evaluation of q_k at the Gram matrix."""
+    return max(len(pc.PC_COEFFICIENTS[degree]) - 2, 0)
+
+
+def phase_flops(layers: list[PCLinear], degree: int) -> dict[str, float]:
+    """Matmul FLOPs of each phase as implemented, summed over the layers (m x n, Gram on the smaller side).
+
+    begin: W q (m n^2) and Horner (h n^3), the Gram coming from the power iteration; finish: W^T dW_eff,
+    dW_eff q and W (B + B^T) (3 m n^2), Horner again and the adjoint's 2h n^3; spectral: the Gram (m n^2),
+    two m x n and (iters - 1) n x n matrix-vector products.
+    """
+    h = horner_products(degree)
+    totals = {"begin": 0.0, "finish": 0.0, "spectral": 0.0}
+    for layer in layers:
+        m, n = sorted(layer.weight.shape, reverse=True)
+        totals["begin"] += 2 * (m * n * n + h * n**3)
+        totals["finish"] += 2 * (3 * m * n * n + 3 * h * n**3)
+        totals["spectral"] += 2 * (m * n * n + 2 * m * n + (layer.power_iters - 1) * n * n)
+    return totals
+
+
+def timed(device: torch.device, phase: Callable[[], None]) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    phase()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def build_pc_model(model_name: str, layers: int | None, degree: int, device: torch.device) -> torch.nn.Module:
+    register_configs()
+    overrides = [f"model={model_name}", *([f"model.num_layers={layers}"] if layers else [])]
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = to_train_config(compose(config_name="train", overrides=["~experiment", *overrides]))
+    torch.manual_seed(0)
+    model = build_model(cfg.model, cfg.model.vocab_size or 32000).to(device)
+    pc.apply_pc(model, degree)
+    return model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="1B", help="a model config name: tiny, debug, 271M, 1B")
+    parser.add_argument("--layers", type=int, default=None, help="override the number of decoder layers")
+    parser.add_argument("--degree", type=int, default=4, choices=[1, 2, 3, 4])
+    parser.add_argument("--steps", type=int, default=5, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    parser.add_argument("--no-tf32", action="store_true", help="float32 matmuls in the transform on CUDA")
+    args = parser.parse_args()
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = build_pc_model(args.model, args.layers, args.degree, device)
+    layers = [mod for _, mod in pc_modules(model)]
+    forward_dtype = torch.bfloat16 if device.type == "cuda" else None
+    step = PCStep(model, forward_dtype=forward_dtype, tf32=not args.no_tf32, split=False)
+    grads = [torch.randn_like(layer.weight, dtype=torch.float32) * 1e-3 for layer in layers]
+
+    def accumulate() -> None:
+        for layer, grad in zip(layers, grads, strict=True):
+            layer.step_grad.add_(grad)
+
+    seconds = {"begin": 0.0, "finish": 0.0, "spectral": 0.0}
+    for index in range(args.warmup + args.steps):
+        begin = timed(device, step.begin)
+        accumulate()
+        finish = timed(device, step.finish)
+        for layer in layers:
+            layer.weight.grad = layer.pc_gamma.grad = None
+        spectral = timed(device, step.update_spectral)
+        if index >= args.warmup:
+            for name, value in (("begin", begin), ("finish", finish), ("spectral", spectral)):
+                seconds[name] += value / args.steps
+
+    flops = phase_flops(layers, args.degree)
+    shapes = sorted({tuple(layer.weight.shape) for layer in layers})
+    print(f"{len(layers)} PC layers, shapes {shapes}, degree {args.degree}, {device.type}")
+    print(f"{'phase':<10}{'ms':>10}{'TFLOP':>10}{'TFLOP/s':>10}")
+    for name, value in seconds.items():
+        print(f"{name:<10}{value * 1e3:>10.1f}{flops[name] / 1e12:>10.3f}{flops[name] / value / 1e12:>10.2f}")
+    total = sum(seconds.values())
+    print(f"{'total':<10}{total * 1e3:>10.1f}{sum(flops.values()) / 1e12:>10.3f}")
+
+
+if __name__ == "__main__":
+    main()
