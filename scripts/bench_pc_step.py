@@ -72,7 +72,9 @@ def build_pc_model(model_name: str, layers: int | None, degree: int, device: tor
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="1B", help="a model config name: tiny, debug, 271M, 1B")
     parser.add_argument("--layers", type=int, default=None, help="override the number of decoder layers")
     parser.add_argument("--degree", type=int, default=4, choices=[1, 2, 3, 4])

@@ -91,7 +91,7 @@ class _Group:
         return tuple(mod.weight._version for mod in self.modules)
 
     def keep_gram(self, gram: Tensor, sigma: Tensor) -> None:
-        """Keep the slice's Gram matrices and sigmas for the next phase, valid while the weights are unchanged."""
+        """Keep the slice's Gram matrices and sigmas for the next phase, valid while the weights stay."""
         self._gram, self._gram_versions = (gram, sigma), self._versions()
 
     def gram_and_sigma(self, weights: Tensor, u: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:

@@ -58,7 +58,11 @@ def test_the_transform_runs_with_the_configured_tf32_setting_and_restores_it(mon
     seen = []
 
     def recording(function):
-        return lambda *args, **kwargs: seen.append(torch.backends.cuda.matmul.allow_tf32) or function(*args, **kwargs)
+        def call(*args, **kwargs):
+            seen.append(torch.backends.cuda.matmul.allow_tf32)
+            return function(*args, **kwargs)
+
+        return call
 
     monkeypatch.setattr(pc_step, "effective_weight", recording(pc_step.effective_weight))
     monkeypatch.setattr(pc_step, "effective_weight_vjp", recording(pc_step.effective_weight_vjp))
