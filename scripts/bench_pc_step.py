@@ -109,11 +109,11 @@ def main() -> None:
     flops = phase_flops(layers, args.degree)
     shapes = sorted({tuple(layer.weight.shape) for layer in layers})
     print(f"{len(layers)} PC layers, shapes {shapes}, degree {args.degree}, {device.type}")
-    print(f"{'phase':<10}{'ms':>10}{'TFLOP':>10}{'TFLOP/s':>10}")
+    seconds["total"] = sum(seconds.values())
+    flops["total"] = sum(flops.values())
+    print(f"{'phase':<10}{'ms':>10}{'GFLOP':>12}{'TFLOP/s':>10}")
     for name, value in seconds.items():
-        print(f"{name:<10}{value * 1e3:>10.1f}{flops[name] / 1e12:>10.3f}{flops[name] / value / 1e12:>10.2f}")
-    total = sum(seconds.values())
-    print(f"{'total':<10}{total * 1e3:>10.1f}{sum(flops.values()) / 1e12:>10.3f}")
+        print(f"{name:<10}{value * 1e3:>10.1f}{flops[name] / 1e9:>12.3f}{flops[name] / value / 1e12:>10.2f}")
 
 
 if __name__ == "__main__":

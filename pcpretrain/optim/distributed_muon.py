@@ -13,15 +13,15 @@ rank the updates it applies:
   redistribution of the results hands each rank its own shard of every update (an all-to-all each
   way where the backend has one, an all-gather otherwise).
 
-Updates travel in the Newton–Schulz dtype when it is narrower than the parameters' (the results are
-exact in it), halving the traffic for bf16 iterations. Each rank computes what a single process
+Updates travel in the Newton–Schulz dtype, the one they are computed in (bf16 by default: half the
+traffic of float32 parameters). Each rank computes what a single process
 would: on the CPU the result is bit-identical to it; on GPUs a batched GEMM over a different number
 of matrices may round differently.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Hashable, Sequence
 from functools import partial
 from typing import Any
 
@@ -35,12 +35,6 @@ from pcpretrain.optim.muon import NS_DTYPES, Muon, orthogonalize_stack, stacked_
 from pcpretrain.sharding import is_distributed, slice_bounds
 
 
-def wire_dtype(dtype: torch.dtype, group: dict[str, Any]) -> torch.dtype:
-    """The narrowest dtype that holds the updates exactly: the iteration's, when narrower than ``dtype``."""
-    iteration = NS_DTYPES[group["ns_dtype"]]
-    return iteration if iteration.itemsize < dtype.itemsize else dtype
-
-
 def all_gather_slices(mine: Tensor, total: int) -> Tensor:
     """Every rank's :func:`slice_bounds` slice of a stack of ``total``, on every rank (one all-gather)."""
     world = dist.get_world_size()
@@ -49,11 +43,6 @@ def all_gather_slices(mine: Tensor, total: int) -> Tensor:
     gathered = mine.new_empty((world * padded.shape[0], *mine.shape[1:]))
     dist.all_gather_into_tensor(gathered, padded)
     return gathered[:total]
-
-
-def shared(mine: Tensor, group: dict[str, Any], collective: Callable[[Tensor], Tensor]) -> Tensor:
-    """``collective`` of this rank's updates, sent in the :func:`wire_dtype` and returned in their own."""
-    return collective(mine.to(wire_dtype(mine.dtype, group))).to(mine.dtype)
 
 
 def stack_placement(placement: Placement) -> Placement:
@@ -94,7 +83,7 @@ class DistributedMuon(Muon):
         return local_shard(tensor)
 
     def _batch_updates(
-        self, params: list[Tensor], grads: list[Tensor], bufs: list[Tensor], group: dict[str, Any]
+        self, params: list[Tensor], grads: Tensor, bufs: list[Tensor], group: dict[str, Any]
     ) -> Tensor:
         """The batch's updates, each rank orthogonalising its slice: whole ones, or this rank's shards."""
         if isinstance(params[0], DTensor):
@@ -103,21 +92,21 @@ class DistributedMuon(Muon):
             return self._replicated_updates(grads, bufs, group)
         return super()._batch_updates(params, grads, bufs, group)
 
-    def _replicated_updates(self, grads: list[Tensor], bufs: list[Tensor], group: dict[str, Any]) -> Tensor:
+    def _replicated_updates(self, grads: Tensor, bufs: list[Tensor], group: dict[str, Any]) -> Tensor:
         """Directions and Newton–Schulz for this rank's slice only, then one all-gather of the results."""
         start, end = slice_bounds(len(grads), dist.get_world_size())[dist.get_rank()]
         if end > start:
             mine = orthogonalize_stack(stacked_directions(grads[start:end], bufs[start:end], group), group)
         else:
-            mine = grads[0].new_empty((0, *grads[0].shape))
-        return shared(mine, group, partial(all_gather_slices, total=len(grads)))
+            mine = grads.new_empty((0, *grads.shape[1:]), dtype=NS_DTYPES[group["ns_dtype"]])
+        return all_gather_slices(mine, total=len(grads))
 
     def _sharded_updates(
-        self, like: DTensor, grads: list[Tensor], bufs: list[Tensor], group: dict[str, Any]
+        self, like: DTensor, grads: Tensor, bufs: list[Tensor], group: dict[str, Any]
     ) -> Tensor:
         """Shards of all directions become whole matrices of this rank's slice, and back for the updates."""
         shards = [stack_placement(placement) for placement in like.placements]
         slices = [Shard(0)] * like.device_mesh.ndim
         move = partial(redistribute_stack, like=like, count=len(grads))
         directions = move(stacked_directions(grads, bufs, group), src=shards, dst=slices)
-        return shared(orthogonalize_stack(directions, group), group, partial(move, src=slices, dst=shards))
+        return move(orthogonalize_stack(directions, group), src=slices, dst=shards)

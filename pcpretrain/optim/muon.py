@@ -63,38 +63,45 @@ def batches(params: Iterable[Tensor], key: Callable[[Tensor], Hashable]) -> list
     return list(grouped.values())
 
 
-def finite_or_zero(grads: list[Tensor], found_inf: Tensor | None) -> list[Tensor]:
-    """The batch's gradients, or zeros where ``found_inf`` is 1 (one kernel, no host read), so that a
-    skipped step carries no NaN or infinity into any state."""
-    if found_inf is None:
-        return grads
-    return list(torch.where(found_inf.bool(), 0, torch.stack(grads)).unbind(0))
+def stacked_finite(grads: list[Tensor], found_inf: Tensor | None) -> Tensor:
+    """The batch's gradients as one ``(B, *shape)`` stack, all zeros where ``found_inf`` is 1 (decided on
+    the device, no host read), so that a skipped step carries no NaN or infinity into any state."""
+    stack = torch.stack(grads)
+    if found_inf is not None:
+        stack.masked_fill_(found_inf.bool(), 0)
+    return stack
 
 
-def momentum_step(grads: list[Tensor], bufs: list[Tensor], momentum: float, found_inf: Tensor | None) -> None:
-    """``buf <- momentum * buf + grad`` for every buffer, in two multi-tensor kernels; buffers unchanged
-    where ``found_inf`` is 1 (its gradients are then zeros, see :func:`finite_or_zero`)."""
+def momentum_step(grads: Tensor, bufs: list[Tensor], momentum: float, found_inf: Tensor | None) -> None:
+    """``buf <- momentum * buf + grad`` for every buffer (``grads`` a stack), in two multi-tensor kernels;
+    buffers unchanged where ``found_inf`` is 1 (its gradients are then zeros, see :func:`stacked_finite`)."""
     torch._foreach_mul_(bufs, momentum if found_inf is None else momentum + (1.0 - momentum) * found_inf)
-    torch._foreach_add_(bufs, grads)
+    torch._foreach_add_(bufs, list(grads.unbind(0)))
 
 
-def stacked_directions(grads: list[Tensor], bufs: list[Tensor], group: dict[str, Any]) -> Tensor:
-    """The Nesterov (or plain momentum) directions, stacked into one ``(B, *shape)`` tensor."""
-    directions = torch._foreach_add(grads, bufs, alpha=group["momentum"]) if group["nesterov"] else bufs
-    return torch.stack(directions)
+def stacked_directions(grads: Tensor, bufs: list[Tensor], group: dict[str, Any]) -> Tensor:
+    """The Nesterov (or plain momentum) directions as one ``(B, *shape)`` stack. Nesterov's are written
+    into the ``grads`` stack itself (``grad + momentum * buf``), which is not needed afterwards."""
+    if not group["nesterov"]:
+        return torch.stack(bufs)
+    torch._foreach_add_(list(grads.unbind(0)), bufs, alpha=group["momentum"])
+    return grads
 
 
 def orthogonalize_stack(stack: Tensor, group: dict[str, Any]) -> Tensor:
     """Newton–Schulz of every matrix of a ``(B, *shape)`` stack in one batched chain, not yet scaled by lr.
 
     Each ``shape`` is seen as the matrix :func:`matrix_shape` gives; this is the expensive part, the one
-    a data-parallel rank runs on its slice of the stack only.
+    a data-parallel rank runs on its slice of the stack only. The result stays in the iteration's dtype
+    (the update applies it without a separate conversion pass).
     """
+    dtype = NS_DTYPES[group["ns_dtype"]]
     ortho = orthogonalize(
         stack.reshape(stack.shape[0], *matrix_shape(stack.shape[1:])),
         steps=group["ns_steps"],
         coefficients=group["coefficients"],
-        dtype=NS_DTYPES[group["ns_dtype"]],
+        dtype=dtype,
+        out_dtype=dtype,
     )
     return ortho.reshape(stack.shape)
 
@@ -110,16 +117,19 @@ def apply_muon_updates(
     neither where ``found_inf`` is 1.
 
     ``shape`` is the matrices' full shape, which sets the lr adjustment even when ``params`` are shards.
+    The conversion of ``updates`` to the parameters' dtype and the ``found_inf`` mask are one pass.
     """
     lr = group["lr"]
     decay = lr * group["weight_decay"]
-    updates = updates.to(params[0].dtype)
-    if found_inf is not None:
+    steps = torch.empty(updates.shape, dtype=params[0].dtype, device=updates.device)
+    if found_inf is None:
+        steps.copy_(updates)
+    else:
         keep = 1.0 - found_inf
-        decay, updates = decay * keep, updates * keep
+        decay = decay * keep
+        torch.mul(updates, keep.to(steps.dtype), out=steps)
     torch._foreach_mul_(params, 1.0 - decay)
-    steps = updates.unbind(0)
-    torch._foreach_add_(params, steps, alpha=-adjusted_lr(lr, shape, group["lr_adjust"]))
+    torch._foreach_add_(params, list(steps.unbind(0)), alpha=-adjusted_lr(lr, shape, group["lr_adjust"]))
 
 
 def adamw_step(
@@ -249,7 +259,7 @@ class Muon(torch.optim.Optimizer):
     def _muon_group_step(self, group: dict[str, Any], found_inf: Tensor | None = None) -> None:
         """Momentum, one Newton–Schulz chain and the update per batch of same-shape matrices."""
         for params in batches(group["params"], self._batch_key):
-            grads = finite_or_zero([self._local(p.grad) for p in params], found_inf)
+            grads = stacked_finite([self._local(p.grad) for p in params], found_inf)
             bufs = [self._local(self._momentum_buffer(p)) for p in params]
             momentum_step(grads, bufs, group["momentum"], found_inf)
             updates = self._batch_updates(params, grads, bufs, group)
@@ -265,9 +275,10 @@ class Muon(torch.optim.Optimizer):
         return tensor
 
     def _batch_updates(
-        self, params: list[Tensor], grads: list[Tensor], bufs: list[Tensor], group: dict[str, Any]
+        self, params: list[Tensor], grads: Tensor, bufs: list[Tensor], group: dict[str, Any]
     ) -> Tensor:
-        """The batch's orthogonalised updates, stacked and laid out like ``grads``: one chain here."""
+        """The batch's orthogonalised updates, laid out like the ``grads`` stack (which they may
+        overwrite): one chain here."""
         return orthogonalize_stack(stacked_directions(grads, bufs, group), group)
 
     def _adamw_group_step(self, group: dict[str, Any], found_inf: Tensor | None = None) -> None:

@@ -130,9 +130,16 @@ def coefficient_set(name: str) -> CoefficientSet:
     return COEFFICIENT_SETS[name]
 
 
-def frobenius_normalize(x: Tensor, safety: float = 1.0, eps: float = 1e-7) -> Tensor:
-    """Divide each matrix by (safety x) its Frobenius norm, an upper bound on its spectral norm."""
-    return x / (torch.linalg.matrix_norm(x, keepdim=True) * safety + eps)
+def frobenius_normalize(
+    x: Tensor, safety: float = 1.0, eps: float = 1e-7, dtype: torch.dtype | None = None
+) -> Tensor:
+    """Divide each matrix by (safety x) its Frobenius norm, an upper bound on its spectral norm.
+
+    The quotient is computed in ``x``'s dtype and written straight in ``dtype`` (default: ``x``'s), so
+    casting to the iteration's dtype costs no extra pass over the matrices.
+    """
+    norm = torch.linalg.matrix_norm(x, keepdim=True) * safety + eps
+    return torch.div(x, norm, out=torch.empty(x.shape, dtype=dtype or x.dtype, device=x.device))
 
 
 def aol_rescale(x: Tensor, safety: float = AOL_SAFETY, eps: float = 1e-7) -> tuple[Tensor, Tensor]:
@@ -150,12 +157,12 @@ def aol_rescale(x: Tensor, safety: float = AOL_SAFETY, eps: float = 1e-7) -> tup
     return x * s.unsqueeze(-1), gram * s.unsqueeze(-1) * s.unsqueeze(-2)
 
 
-def _normalize(x: Tensor, cs: CoefficientSet, eps: float) -> tuple[Tensor, Tensor | None]:
-    """Apply the set's own normalisation; also return a reusable Gram when it had to compute one."""
-    x = frobenius_normalize(x, cs.norm_safety, eps)
+def _normalize(x: Tensor, cs: CoefficientSet, eps: float, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
+    """Apply the set's own normalisation, returning ``dtype``; also a reusable Gram when it made one."""
     if cs.aol_safety is None:
-        return x, None
-    return aol_rescale(x, cs.aol_safety, eps)
+        return frobenius_normalize(x, cs.norm_safety, eps, dtype), None
+    x, gram = aol_rescale(frobenius_normalize(x, cs.norm_safety, eps), cs.aol_safety, eps)
+    return x.to(dtype), gram.to(dtype)
 
 
 def _scaled_matmul_add(c: Tensor, a: Tensor, b: Tensor, beta: float, alpha: float) -> Tensor:
@@ -194,11 +201,14 @@ def orthogonalize(
     coefficients: str = "simple",
     dtype: torch.dtype = torch.bfloat16,
     eps: float = 1e-7,
+    out_dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Approximate the polar factor ``U V^T`` of ``g`` (shape ``(..., m, n)``) in the set's band.
 
     Normalisation runs in at least float32, the iteration in ``dtype``; wide and tall inputs are
-    oriented so the Gram ``X X^T`` is on the smaller side. Returns a tensor of ``g``'s shape and dtype.
+    oriented so the Gram ``X X^T`` is on the smaller side. Returns a tensor of ``g``'s shape in
+    ``out_dtype`` (default ``g``'s dtype; the iteration's dtype saves a conversion pass, and a tall
+    input then comes back as a transposed view).
     """
     if g.ndim < 2:
         raise ValueError(f"orthogonalize needs a matrix or a batch of matrices, got shape {tuple(g.shape)}")
@@ -207,6 +217,6 @@ def orthogonalize(
     cs = coefficient_set(coefficients)
     tall = g.size(-2) > g.size(-1)
     x = g.mT if tall else g
-    x, gram = _normalize(x.to(torch.promote_types(g.dtype, torch.float32)), cs, eps)
-    x = _iterate(x.to(dtype), cs.triples(steps), None if gram is None else gram.to(dtype))
-    return (x.mT if tall else x).to(g.dtype)
+    x, gram = _normalize(x.to(torch.promote_types(g.dtype, torch.float32)), cs, eps, dtype)
+    x = _iterate(x, cs.triples(steps), gram)
+    return (x.mT if tall else x).to(out_dtype or g.dtype)
