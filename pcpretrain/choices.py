@@ -28,6 +28,7 @@ DEFAULT_PC_TARGETS: tuple[str, ...] = (
 # Newton-Schulz coefficient sets (defined in pcpretrain.optim.newton_schulz) and iteration dtypes.
 NS_COEFFICIENT_SETS: tuple[str, ...] = ("simple", "quintic", "polar_express", "aol")
 NS_DTYPES: tuple[str, ...] = ("bfloat16", "float32")
+NS_METHODS: tuple[str, ...] = ("standard", "gram")
 
 # Parameter categories in routing order (first matching rule wins), and those Muon takes.
 PARAMETER_CATEGORIES: tuple[str, ...] = ("pc_gamma", "embedding", "lm_head", "vector", "hidden_matrix")

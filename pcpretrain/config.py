@@ -21,6 +21,7 @@ from pcpretrain.choices import (
     LOSS_CHUNK_TOKENS,
     NS_COEFFICIENT_SETS,
     NS_DTYPES,
+    NS_METHODS,
     PC_DEGREES,
     TOKENIZER_KINDS,
     looks_like_hub_id,
@@ -119,6 +120,7 @@ class OptimizerConfig:
     ns_steps: int = 5
     ns_coefficients: str = "simple"
     ns_dtype: str = "bfloat16"
+    ns_method: str = "standard"
     lr_adjust: str = "moonlight"
     categories: CategoriesConfig = field(default_factory=CategoriesConfig)
 
@@ -391,6 +393,7 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
         _positive("optimizer.adamw_lr", cfg.optimizer.adamw_lr)
     _choice("optimizer.ns_coefficients", cfg.optimizer.ns_coefficients, NS_COEFFICIENT_SETS)
     _choice("optimizer.ns_dtype", cfg.optimizer.ns_dtype, NS_DTYPES)
+    _choice("optimizer.ns_method", cfg.optimizer.ns_method, NS_METHODS)
     _choice("optimizer.lr_adjust", cfg.optimizer.lr_adjust, LR_ADJUSTMENTS)
     _positive("optimizer.ns_steps", cfg.optimizer.ns_steps)
     if not 0.0 <= cfg.optimizer.momentum < 1.0:

@@ -27,6 +27,7 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optim
             ns_steps=cfg.ns_steps,
             coefficients=cfg.ns_coefficients,
             ns_dtype=cfg.ns_dtype,
+            ns_method=cfg.ns_method,
             lr_adjust=cfg.lr_adjust,
         )
     for group in param_groups:

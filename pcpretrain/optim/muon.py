@@ -23,6 +23,7 @@ from torch import Tensor
 from torch.optim.adamw import adamw as fused_adamw
 
 from pcpretrain.choices import NS_DTYPES as NS_DTYPE_NAMES
+from pcpretrain.choices import NS_METHODS
 from pcpretrain.optim.newton_schulz import coefficient_set, orthogonalize
 
 LR_ADJUSTMENTS = ("moonlight", "spectral_mup", "original")
@@ -102,6 +103,7 @@ def orthogonalize_stack(stack: Tensor, group: dict[str, Any]) -> Tensor:
         coefficients=group["coefficients"],
         dtype=dtype,
         out_dtype=dtype,
+        method=group["ns_method"],
     )
     return ortho.reshape(stack.shape)
 
@@ -172,6 +174,8 @@ def _validate_muon_group(group: dict[str, Any]) -> None:
     coefficient_set(group["coefficients"])
     if group["ns_dtype"] not in NS_DTYPES:
         raise ValueError(f"unknown ns_dtype {group['ns_dtype']!r}; choose one of {list(NS_DTYPES)}")
+    if group["ns_method"] not in NS_METHODS:
+        raise ValueError(f"unknown ns_method {group['ns_method']!r}; choose one of {list(NS_METHODS)}")
     if group["lr_adjust"] not in LR_ADJUSTMENTS:
         raise ValueError(f"unknown lr_adjust {group['lr_adjust']!r}; choose one of {list(LR_ADJUSTMENTS)}")
     if group["ns_steps"] < 1:
@@ -187,9 +191,9 @@ class Muon(torch.optim.Optimizer):
     """Muon on ``use_muon=True`` groups, AdamW on ``use_muon=False`` groups.
 
     Keyword arguments are the defaults for every group; a group overrides any of them. Muon groups use
-    ``lr, momentum, nesterov, ns_steps, coefficients, ns_dtype, lr_adjust, weight_decay``; AdamW groups
-    use ``lr, betas, eps, weight_decay``. Every group must say ``use_muon`` explicitly, so routing is
-    always a visible decision. State: ``momentum_buffer`` (Muon); ``step``, ``exp_avg``,
+    ``lr, momentum, nesterov, ns_steps, coefficients, ns_dtype, ns_method, lr_adjust, weight_decay``;
+    AdamW groups use ``lr, betas, eps, weight_decay``. Every group must say ``use_muon`` explicitly, so
+    routing is always a visible decision. State: ``momentum_buffer`` (Muon); ``step``, ``exp_avg``,
     ``exp_avg_sq`` (AdamW, laid out as in ``torch.optim.AdamW(fused=True)``, which runs them).
 
     Like torch's fused optimizers, :meth:`step` honours a ``found_inf`` attribute (a 0-d float tensor on
@@ -207,6 +211,7 @@ class Muon(torch.optim.Optimizer):
         ns_steps: int = 5,
         coefficients: str = "simple",
         ns_dtype: str = "bfloat16",
+        ns_method: str = "standard",
         lr_adjust: str = "moonlight",
         betas: tuple[float, float] = (0.9, 0.95),
         eps: float = 1e-8,
@@ -219,6 +224,7 @@ class Muon(torch.optim.Optimizer):
             ns_steps=ns_steps,
             coefficients=coefficients,
             ns_dtype=ns_dtype,
+            ns_method=ns_method,
             lr_adjust=lr_adjust,
             betas=tuple(betas),
             eps=eps,

@@ -207,7 +207,13 @@ def test_groups_must_declare_their_rule_and_valid_options() -> None:
     with pytest.raises(ValueError, match="use_muon"):
         Muon(model.parameters())
     weight = [model.body[0].weight]
-    for bad in ({"lr_adjust": "mup"}, {"ns_dtype": "float16"}, {"coefficients": "cubic"}, {"ns_steps": 0}):
+    for bad in (
+        {"lr_adjust": "mup"},
+        {"ns_dtype": "float16"},
+        {"coefficients": "cubic"},
+        {"ns_steps": 0},
+        {"ns_method": "x"},
+    ):
         with pytest.raises(ValueError):
             Muon([{"params": weight, "use_muon": True, **bad}])
 
@@ -255,9 +261,12 @@ def per_matrix_reference(start: Tensor, grads: list[Tensor], group: dict) -> Ten
 
 
 @pytest.mark.usefixtures("float64_iteration")
+@pytest.mark.parametrize("ns_method", ["standard", "gram"])
 @pytest.mark.parametrize("nesterov", [True, False])
 @pytest.mark.parametrize("coefficients", sorted(COEFFICIENT_SETS))
-def test_batched_steps_equal_a_per_matrix_reference_in_float64(coefficients: str, nesterov: bool) -> None:
+def test_batched_steps_equal_a_per_matrix_reference_in_float64(
+    coefficients: str, nesterov: bool, ns_method: str
+) -> None:
     gen = torch.Generator().manual_seed(0)
     shapes = {**MIXED_A, **MIXED_B}
     start = {name: torch.randn(shape, generator=gen, dtype=torch.float64) for name, shape in shapes.items()}
@@ -273,6 +282,7 @@ def test_batched_steps_equal_a_per_matrix_reference_in_float64(coefficients: str
         nesterov=nesterov,
         coefficients=coefficients,
         ns_dtype="float64",
+        ns_method=ns_method,
     )
     grads = [
         {n: torch.randn(shape, generator=gen, dtype=torch.float64) for n, shape in shapes.items()}

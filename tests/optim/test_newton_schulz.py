@@ -6,7 +6,14 @@ import pytest
 import torch
 from torch import Tensor
 
-from pcpretrain.optim.newton_schulz import COEFFICIENT_SETS, aol_rescale, frobenius_normalize, orthogonalize
+from pcpretrain.optim import newton_schulz
+from pcpretrain.optim.newton_schulz import (
+    COEFFICIENT_SETS,
+    aol_rescale,
+    frobenius_normalize,
+    gram_form_is_cheaper,
+    orthogonalize,
+)
 
 SETS = sorted(COEFFICIENT_SETS)
 # Steps after which each set has settled even for singular values ~5e-4 after normalisation.
@@ -138,3 +145,43 @@ def test_bad_steps_and_shapes_are_rejected() -> None:
         orthogonalize(torch.randn(4, 4), steps=0)
     with pytest.raises(ValueError, match="matrix"):
         orthogonalize(torch.randn(4))
+
+
+@pytest.mark.parametrize("shape", [(30, 100), (100, 30), (3, 24, 70), (40, 40), (40, 56)])
+@pytest.mark.parametrize("steps", [1, 2, 3, 5, 8])
+@pytest.mark.parametrize("name", SETS)
+def test_the_gram_form_gives_the_standard_iterates_in_float64(monkeypatch, shape, steps, name) -> None:
+    g = torch.randn(shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    on_gram = []
+    monkeypatch.setattr(
+        newton_schulz,
+        "_iterate_on_gram",
+        lambda *a, f=newton_schulz._iterate_on_gram: on_gram.append(1) or f(*a),
+    )
+    standard = orthogonalize(g, steps=steps, coefficients=name, dtype=torch.float64)
+    gram = orthogonalize(g, steps=steps, coefficients=name, dtype=torch.float64, method="gram")
+    torch.testing.assert_close(gram, standard, rtol=0, atol=1e-10)
+    rows, cols = sorted(shape[-2:])
+    assert bool(on_gram) == gram_form_is_cheaper(rows, cols, steps)
+
+
+def test_the_gram_form_is_taken_only_where_it_saves_flops() -> None:
+    assert gram_form_is_cheaper(2048, 5632, 5)  # the 1B model's FFN matrices
+    assert not gram_form_is_cheaper(2048, 2048, 5)  # attention matrices
+    assert not gram_form_is_cheaper(2048, 3072, 5)  # n = 1.5 m: a tie
+    assert not gram_form_is_cheaper(256, 2048, 1)  # one step: nothing to save
+
+
+def test_the_gram_form_in_bfloat16_lands_in_the_band() -> None:
+    g = gaussian(64, 200, 12).float()
+    out = orthogonalize(g, method="gram")
+    assert out.dtype == torch.float32 and out.shape == g.shape
+    s = torch.linalg.svdvals(out)
+    assert s.min() >= 0.6 and s.max() <= 1.25
+    reference = orthogonalize(g.double(), dtype=torch.float64)
+    assert (out.double() - reference).norm() / reference.norm() < 0.05
+
+
+def test_an_unknown_method_names_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match="gram"):
+        orthogonalize(torch.randn(4, 8), method="fast")
