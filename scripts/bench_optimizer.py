@@ -1,4 +1,5 @@
-"""Optimizer step time, Muon next to AdamW, for a model shape (default: the paper's 1B), in one process.
+"""Optimizer step time of Muon (standard and Gram Newton-Schulz) next to AdamW, in one process, for a
+model shape (default: the paper's 1B).
 
 Gradients are random (the step's cost does not depend on their values); each optimizer is timed
 over ``--steps`` steps after ``--warmup`` steps, on the GPU when there is one.
@@ -24,17 +25,24 @@ from pcpretrain.optim import build_optimizer
 CONFIGS = Path(__file__).resolve().parents[1] / "pcpretrain" / "configs"
 
 
-def optimizer_config(name: str, model: str):
+def optimizer_config(name: str, model: str, extra: tuple[str, ...] = ()):
     register_configs()
+    overrides = [f"optimizer={name}", f"model={model}", *extra]
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = to_train_config(compose(config_name="train", overrides=[f"optimizer={name}", f"model={model}"]))
+        cfg = to_train_config(compose(config_name="train", overrides=overrides))
     return cfg
 
 
 def time_steps(
-    name: str, model_name: str, degree: int, steps: int, warmup: int, device: torch.device
+    name: str,
+    model_name: str,
+    degree: int,
+    steps: int,
+    warmup: int,
+    device: torch.device,
+    extra: tuple[str, ...] = (),
 ) -> float:
-    cfg = optimizer_config(name, model_name)
+    cfg = optimizer_config(name, model_name, extra)
     torch.manual_seed(0)
     model = build_model(cfg.model, cfg.model.vocab_size or 32000).to(device)
     pc.apply_pc(model, degree)
@@ -64,10 +72,11 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     adamw = time_steps("adamw", args.model, 4, args.steps, args.warmup, device)
     muon = time_steps("muon", args.model, 2, args.steps, args.warmup, device)
+    gram = time_steps("muon", args.model, 2, args.steps, args.warmup, device, ("optimizer.ns_method=gram",))
     print(f"model {args.model} on {torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}")
     print(f"{'optimizer':10} {'step ms':>10} {'vs AdamW':>9}")
-    print(f"{'adamw':10} {adamw * 1e3:10.1f} {1.0:9.2f}")
-    print(f"{'muon':10} {muon * 1e3:10.1f} {muon / adamw:9.2f}")
+    for name, seconds in (("adamw", adamw), ("muon", muon), ("muon-gram", gram)):
+        print(f"{name:10} {seconds * 1e3:10.1f} {seconds / adamw:9.2f}")
 
 
 if __name__ == "__main__":

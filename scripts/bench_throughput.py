@@ -37,6 +37,7 @@ VARIANTS = {
     "pc4-fp32": ["pc.degree=4", "pc.tf32=false"],
     "baseline-full-logits": ["pc.degree=0", "trainer.loss_chunk_tokens=0"],
     "muon": ["optimizer=muon", "pc.degree=0"],
+    "muon-gram": ["optimizer=muon", "pc.degree=0", "optimizer.ns_method=gram"],
     "muon-pc2": ["optimizer=muon", "pc.degree=2"],
 }
 TINY = ["model=tiny", "model.vocab_size=512"]

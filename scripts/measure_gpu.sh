@@ -25,7 +25,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader >"$out/device.txt
 step gpu_tests 240 python -m pytest -q -p no:cacheprovider -n 0 tests/train/test_gpu.py
 step pc_step 120 python scripts/bench_pc_step.py --steps 5 --warmup 2
 step optimizer 120 python scripts/bench_optimizer.py --steps 5 --warmup 2
-for variant in baseline pc4 muon muon-pc2; do
+for variant in baseline pc4 muon muon-gram muon-pc2; do
     step "throughput_$variant" 180 python scripts/bench_throughput.py --variants "$variant" --steps 6 --warmup 3
 done
 step throughput_10mb 300 python scripts/bench_throughput.py --variants baseline pc4 --micro-batches 10 --steps 4 --warmup 2

@@ -137,11 +137,11 @@ def frobenius_normalize(
 ) -> Tensor:
     """Divide each matrix by (safety x) its Frobenius norm, an upper bound on its spectral norm.
 
-    The quotient is computed in ``x``'s dtype and written straight in ``dtype`` (default: ``x``'s), so
-    casting to the iteration's dtype costs no extra pass over the matrices.
+    The quotient is computed in ``x``'s dtype and written straight in ``dtype`` (default: ``x``'s), in
+    ``x``'s memory layout, so casting to the iteration's dtype costs no extra pass over the matrices.
     """
     norm = torch.linalg.matrix_norm(x, keepdim=True) * safety + eps
-    return torch.div(x, norm, out=torch.empty(x.shape, dtype=dtype or x.dtype, device=x.device))
+    return torch.div(x, norm, out=torch.empty_like(x, dtype=dtype or x.dtype))
 
 
 def aol_rescale(x: Tensor, safety: float = AOL_SAFETY, eps: float = 1e-7) -> tuple[Tensor, Tensor]:
@@ -183,16 +183,20 @@ def _scaled_matmul_add(c: Tensor, a: Tensor, b: Tensor, beta: float, alpha: floa
     return out.reshape(*lead, *out.shape[-2:])
 
 
-def _iterate(x: Tensor, triples: list[Triple], gram: Tensor | None) -> Tensor:
+def _iterate(x: Tensor, triples: list[Triple], gram: Tensor | None, transposed: bool) -> Tensor:
     """Run ``X <- a X + (b A + c A^2) X`` with ``A = X X^T`` (``gram`` stands in for the first A).
 
-    Each step is three matmuls and no separate elementwise pass: the scalings and sums ride in the
-    matmuls' epilogues, which matters for the large ``X`` (an elementwise pass over it costs a
-    noticeable fraction of a matmul at the 1B shapes).
+    Each step is three matmuls with the scalings and sums in their epilogues, no elementwise kernel
+    of its own (an elementwise pass over the large X costs a noticeable fraction of a matmul at the 1B
+    shapes). ``transposed``: return X^T, contiguous, which the last product gives for free (the
+    polynomial is symmetric), so a tall input comes back in its own layout without a transposing copy.
     """
+    last = len(triples) - 1
     for i, (a, b, c) in enumerate(triples):
         gram_x = gram if i == 0 and gram is not None else x @ x.mT
         poly = _scaled_matmul_add(gram_x, gram_x, gram_x, beta=b, alpha=c)
+        if i == last and transposed:
+            return _scaled_matmul_add(x.mT, x.mT, poly, beta=a, alpha=1.0)
         x = _scaled_matmul_add(x, poly, x, beta=a, alpha=1.0)
     return x
 
@@ -201,7 +205,7 @@ def _iterate(x: Tensor, triples: list[Triple], gram: Tensor | None) -> Tensor:
 GRAM_RESTARTS: tuple[int, ...] = (2,)
 
 
-def _iterate_on_gram(x: Tensor, triples: list[Triple], gram: Tensor | None) -> Tensor:
+def _iterate_on_gram(x: Tensor, triples: list[Triple], gram: Tensor | None, transposed: bool) -> Tensor:
     """The iterates of :func:`_iterate` for a wide ``x`` (m <= n), computed on the m x m Gram matrix.
 
     Each step multiplies X on the left by ``Z = a I + b R + c R^2``, a polynomial in ``R = X X^T``, so
@@ -209,7 +213,8 @@ def _iterate_on_gram(x: Tensor, triples: list[Triple], gram: Tensor | None) -> T
     ``Z R Z``: the long side n enters only to form R and to apply Q. Equal to :func:`_iterate` in exact
     arithmetic; in bf16, rounding in R compounds (it can grow small negative eigenvalues that the odd
     polynomial amplifies), so after each iteration in :data:`GRAM_RESTARTS` X is re-formed as ``Q X``
-    and R recomputed from it (the restarted Gram Newton-Schulz of Dao lab, 2026).
+    and R recomputed from it (the restarted Gram Newton-Schulz of Dao lab, 2026). ``transposed`` as
+    in :func:`_iterate` (Q is symmetric: a product of commuting symmetric polynomials in R).
     """
     r = x @ x.mT if gram is None else gram
     q: Tensor | None = None
@@ -224,7 +229,7 @@ def _iterate_on_gram(x: Tensor, triples: list[Triple], gram: Tensor | None) -> T
             r = x @ x.mT
         else:
             r = z @ r @ z
-    return q @ x
+    return x.mT @ q if transposed else q @ x
 
 
 def gram_form_is_cheaper(m: int, n: int, steps: int) -> bool:
@@ -261,8 +266,8 @@ def orthogonalize(
     Normalisation runs in at least float32, the iteration in ``dtype``; wide and tall inputs are
     oriented so the Gram ``X X^T`` is on the smaller side. ``method="gram"`` iterates on the Gram
     matrix where that takes fewer FLOPs (:func:`gram_form_is_cheaper`; the standard iteration
-    elsewhere). Returns a tensor of ``g``'s shape in ``out_dtype`` (default ``g``'s dtype; the
-    iteration's dtype saves a conversion pass, and a tall input then comes back as a transposed view).
+    elsewhere). Returns a contiguous tensor of ``g``'s shape in ``out_dtype`` (default ``g``'s dtype;
+    the iteration's dtype saves a conversion pass).
     """
     if g.ndim < 2:
         raise ValueError(f"orthogonalize needs a matrix or a batch of matrices, got shape {tuple(g.shape)}")
@@ -276,5 +281,5 @@ def orthogonalize(
     x, gram = _normalize(x.to(torch.promote_types(g.dtype, torch.float32)), cs, eps, dtype)
     rows, cols = x.shape[-2:]
     on_gram = method == "gram" and gram_form_is_cheaper(rows, cols, steps)
-    x = (_iterate_on_gram if on_gram else _iterate)(x, cs.triples(steps), gram)
-    return (x.mT if tall else x).to(out_dtype or g.dtype)
+    x = (_iterate_on_gram if on_gram else _iterate)(x, cs.triples(steps), gram, tall)
+    return x.to(out_dtype or g.dtype)

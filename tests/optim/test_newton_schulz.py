@@ -161,6 +161,7 @@ def test_the_gram_form_gives_the_standard_iterates_in_float64(monkeypatch, shape
     standard = orthogonalize(g, steps=steps, coefficients=name, dtype=torch.float64)
     gram = orthogonalize(g, steps=steps, coefficients=name, dtype=torch.float64, method="gram")
     torch.testing.assert_close(gram, standard, rtol=0, atol=1e-10)
+    assert gram.is_contiguous() and standard.is_contiguous()
     rows, cols = sorted(shape[-2:])
     assert bool(on_gram) == gram_form_is_cheaper(rows, cols, steps)
 
