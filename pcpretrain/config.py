@@ -81,6 +81,9 @@ class PCConfig:
     # Let the per-step transform's float32 matmuls use TF32 on CUDA: several times faster, ~1e-3 relative
     # error in W_eff, below the bf16 rounding of W_eff in the forward; false: exact float32.
     tf32: bool = True
+    # bf16 for the per-step transform's products with the large m x n matrices (the Gram matrix and the
+    # polynomial stay float32): faster on GPUs, at bf16-level error in W_eff and dL/dW.
+    bf16_products: bool = False
 
 
 @dataclass
@@ -379,6 +382,11 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
     _choice("pc.degree", cfg.pc.degree, PC_DEGREES)
     _positive("pc.power_iters", cfg.pc.power_iters)
     _choice("pc.transform_every", cfg.pc.transform_every, PC_TRANSFORM_EVERY)
+    if cfg.pc.bf16_products and cfg.pc.transform_every != "step":
+        raise ConfigError(
+            "pc.bf16_products=true applies to the per-step transform only; set pc.transform_every=step "
+            "or pc.bf16_products=false"
+        )
     if cfg.pc.degree and not cfg.pc.targets:
         raise ConfigError(
             "pc.targets is empty; give module-name patterns such as '*.mlp.up_proj' or set pc.degree=0"

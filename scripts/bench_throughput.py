@@ -35,6 +35,7 @@ VARIANTS = {
     "pc4": ["pc.degree=4"],
     "pc4-forward": ["pc.degree=4", "pc.transform_every=forward"],
     "pc4-fp32": ["pc.degree=4", "pc.tf32=false"],
+    "pc4-bf16": ["pc.degree=4", "pc.bf16_products=true"],
     "baseline-full-logits": ["pc.degree=0", "trainer.loss_chunk_tokens=0"],
     "muon": ["optimizer=muon", "pc.degree=0"],
     "muon-gram": ["optimizer=muon", "pc.degree=0", "optimizer.ns_method=gram"],

@@ -6,7 +6,8 @@
 #
 # Steps: the GPU tests; the PC phases and the optimizer step alone (Llama-1B shapes); throughput of
 # baseline, pc4, muon and muon-pc2 (one variant per process, so each peak memory is its own); pc4 at 10
-# micro-batches; the transform's numerics on the GPU.
+# micro-batches; the transform's numerics on the GPU. Needs the package's dependencies importable
+# (pytest and pytest-xdist for the first step only).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-gpu-measurements}"
@@ -25,8 +26,8 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader >"$out/device.txt
 step gpu_tests 240 python -m pytest -q -p no:cacheprovider -n 0 tests/train/test_gpu.py
 step pc_step 120 python scripts/bench_pc_step.py --steps 5 --warmup 2
 step optimizer 120 python scripts/bench_optimizer.py --steps 5 --warmup 2
-for variant in baseline pc4 muon muon-gram muon-pc2; do
+for variant in baseline pc4 pc4-bf16 muon muon-gram muon-pc2; do
     step "throughput_$variant" 180 python scripts/bench_throughput.py --variants "$variant" --steps 6 --warmup 3
 done
-step throughput_10mb 300 python scripts/bench_throughput.py --variants baseline pc4 --micro-batches 10 --steps 4 --warmup 2
+step throughput_10mb 300 python scripts/bench_throughput.py --variants baseline pc4 pc4-bf16 --micro-batches 10 --steps 4 --warmup 2
 step numerics 120 python scripts/pc_numerics.py

@@ -2,8 +2,9 @@
 
 For every PC matrix shape of a model config and each degree, it prints the relative Frobenius error
 of W_eff (the forward) and of dL/dW (the closed-form backward of the per-step path) when the
-transform runs in float32 and in TF32 (the GPU default for float32 matmuls: 10-bit mantissa inputs,
-float32 accumulation), next to the error bf16 autocast adds anyway by rounding W_eff for the matmul.
+transform runs in float32, in TF32 (the GPU default for float32 matmuls: 10-bit mantissa inputs,
+float32 accumulation) and in TF32 with its products with the large matrices in bf16
+(``pc.bf16_products``), next to the error bf16 autocast adds anyway by rounding W_eff for the matmul.
 On a CPU, TF32 is emulated by rounding every matmul operand to TF32 (round to nearest even).
 
     python scripts/pc_numerics.py                 # Llama-1B shapes, degrees 2 and 4
@@ -85,6 +86,10 @@ def measure(
             w_eff = effective_weight(*args32, degree)
             grad_w, _ = effective_weight_vjp(*args32, degree, grad.float())
         rows.append((name, relative_error(w_eff, ref_weight), relative_error(grad_w, ref_grad)))
+    with list(precisions(device).values())[1]():
+        w_eff = effective_weight(*args32, degree, product_dtype=torch.bfloat16)
+        grad_w, _ = effective_weight_vjp(*args32, degree, grad.float(), product_dtype=torch.bfloat16)
+    rows.append(("tf32 + bf16 products", relative_error(w_eff, ref_weight), relative_error(grad_w, ref_grad)))
     rows.append(
         ("bf16 cast of W_eff", relative_error(ref_weight.float().bfloat16(), ref_weight), float("nan"))
     )

@@ -82,7 +82,7 @@ def test_ill_typed_value_is_rejected() -> None:
     ],
 )
 def test_invalid_values_name_key_and_allowed_values(override: str, message: str) -> None:
-    cfg = composed(override)
+    cfg = composed(*override.split())
     with pytest.raises(ConfigError, match=message):
         validate(cfg)
 

@@ -69,6 +69,11 @@ def _scaled(t: Tensor, factor: Tensor | None) -> Tensor:
     return t if factor is None else t * factor
 
 
+def _in(dtype: torch.dtype | None, *tensors: Tensor) -> list[Tensor]:
+    """The tensors in ``dtype`` (unchanged for None): the operands of a product with the large matrix."""
+    return [t if dtype is None else t.to(dtype) for t in tensors]
+
+
 def polynomial_map(
     x: Tensor,
     degree: int,
@@ -76,13 +81,16 @@ def polynomial_map(
     scale: Tensor | None = None,
     gram: Tensor | None = None,
     out_scale: Tensor | None = None,
+    product_dtype: torch.dtype | None = None,
 ) -> Tensor:
     """``out_scale * X q_k(G)`` for ``X = scale * x``, with the Gram matrix G on the smaller side.
 
     ``x`` may be a stack ``(..., m, n)``; ``scale`` and ``out_scale`` are per-matrix factors shaped
     ``(..., 1, 1)`` (default 1) and ``gram`` is :func:`smaller_gram` of ``x`` when the caller has it.
     Both factors are folded into the small n x n matrix q, so the large m x n operand is read by one
-    matrix product only and never rescaled elementwise.
+    matrix product only and never rescaled elementwise. ``product_dtype`` (e.g. bf16): the dtype of that
+    one product and of the result; the Gram matrix and the polynomial stay in ``x``'s dtype, since
+    their alternating sums cancel (a narrow dtype there would wreck the singular-value map).
     """
     coeffs = PC_COEFFICIENTS.get(check_degree(degree))
     factor = _factor(scale, out_scale)
@@ -90,7 +98,7 @@ def polynomial_map(
         return _scaled(x, factor)
     gram = smaller_gram(x) if gram is None else gram
     (q,) = _horner_terms(_scaled(gram, _factor(scale, scale)), coeffs, keep_all=False)
-    q = _scaled(q, factor)
+    x, q = _in(product_dtype, x, _scaled(q, factor))
     return x @ q if is_tall(x) else q @ x
 
 
@@ -102,6 +110,7 @@ def polynomial_map_vjp(
     scale: Tensor | None = None,
     gram: Tensor | None = None,
     out_scale: Tensor | None = None,
+    product_dtype: torch.dtype | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(out_scale * dL/dX, <grad, P>, <dL/dX, X>) per matrix for P = polynomial_map(X), X = scale * x and
     dL/dP = grad, without forming P or X (arguments as in :func:`polynomial_map`).
@@ -112,18 +121,20 @@ def polynomial_map_vjp(
     (it recomputes G and P, then differentiates both products); the m x n x n products are most of the
     per-step transform's cost. The wide case is the tall case of the transposes. <grad, P> = <A, q(G)>
     gives gamma's gradient, and <dL/dX, X> = <A, q(G)> + <B + B^T, G> (sigma's gradient) comes from the
-    small n x n factors, so no m x n product of dL/dX and X is ever formed.
+    small n x n factors, so no m x n product of dL/dX and X is ever formed. ``product_dtype``: the
+    dtype of the three m x n x n products and of the returned gradient, as in :func:`polynomial_map`.
     """
     coeffs = PC_COEFFICIENTS.get(check_degree(degree))
     if coeffs is None:
         inner = _scaled((grad * x).sum(dim=(-2, -1), keepdim=True), scale)
         return _scaled(grad, out_scale), inner.reshape(inner.shape[:-2]), inner.reshape(inner.shape[:-2])
     tall = is_tall(x)
-    xt, gt = (x, grad) if tall else (x.mT, grad.mT)
     gram = smaller_gram(x) if gram is None else gram
     gram = _scaled(gram, _factor(scale, scale))
     terms = _horner_terms(gram, coeffs, keep_all=True)
-    a = _scaled(xt.mT @ gt, scale)
+    x, grad = _in(product_dtype, x, grad)
+    xt, gt = (x, grad) if tall else (x.mT, grad.mT)
+    a = _scaled((xt.mT @ gt).to(gram.dtype), scale)
     inner = (a * terms[0]).sum(dim=(-2, -1))
     b = torch.zeros_like(a)
     for h_next in terms[1:]:
@@ -132,8 +143,7 @@ def polynomial_map_vjp(
     b += coeffs[-1] * a
     sym = b + b.mT
     along_x = inner + (sym * gram).sum(dim=(-2, -1))
-    q = _scaled(terms[0], out_scale)
-    sym = _scaled(sym, _factor(scale, out_scale))
+    q, sym = _in(product_dtype, _scaled(terms[0], out_scale), _scaled(sym, _factor(scale, out_scale)))
     # Both q(G) and B + B^T are symmetric, so the wide case's transpose is formed directly (contiguous).
     if tall:
         return add_matmul_(grad @ q, x, sym), inner, along_x

@@ -29,6 +29,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from pcpretrain.compat import local_shard
 from pcpretrain.pc.groups import full_shape, shape_groups, stack_buffers, unstack_into
 from pcpretrain.pc.layers import PCLinear, pc_modules
 from pcpretrain.pc.polynomial import smaller_gram
@@ -77,6 +78,10 @@ class _Group:
     def owns_any(self) -> bool:
         return self.end > self.start
 
+    @property
+    def owns_all(self) -> bool:
+        return self.end - self.start == len(self.modules)
+
     def weights(self) -> Tensor:
         """Whole raw weights of this rank's slice (collective where the engine shards them)."""
         return full_stack([mod.weight for mod in self.modules], self.start, self.end)
@@ -88,7 +93,11 @@ class _Group:
         return stack_buffers(self.modules, "pc_u"), stack_buffers(self.modules, "pc_v")
 
     def _versions(self) -> tuple[int, ...]:
-        return tuple(mod.weight._version for mod in self.modules)
+        """In-place changes seen by the weights: of the parameter and, for a DTensor, of the local shard
+        the optimizer may update directly."""
+        return tuple(
+            v for mod in self.modules for v in (mod.weight._version, local_shard(mod.weight)._version)
+        )
 
     def keep_gram(self, gram: Tensor, sigma: Tensor) -> None:
         """Keep the slice's Gram matrices and sigmas for the next phase, valid while the weights stay."""
@@ -117,8 +126,9 @@ class PCStep:
     ``per_step=False`` keeps W_eff in every forward (the reference way); the power iteration still runs
     here. ``forward_dtype``: the dtype the forward's matmuls run in (bf16 under autocast), in which W_eff
     is kept; ``None`` keeps the weights' dtype. ``tf32``: whether the transform's float32 matmuls may
-    use TF32 on CUDA (``pc.tf32``). ``split=False`` does all the work in this process, for models that
-    are not (yet) shared with other ranks.
+    use TF32 on CUDA (``pc.tf32``). ``product_dtype``: the dtype of the per-step transform's products
+    with the large matrices (bf16 for ``pc.bf16_products``; ``None`` keeps float32). ``split=False``
+    does all the work in this process, for models that are not (yet) shared with other ranks.
     """
 
     def __init__(
@@ -128,6 +138,7 @@ class PCStep:
         per_step: bool = True,
         forward_dtype: torch.dtype | None = None,
         tf32: bool = True,
+        product_dtype: torch.dtype | None = None,
         split: bool = True,
     ) -> None:
         rank, world = rank_and_world() if split else (0, 1)
@@ -136,6 +147,7 @@ class PCStep:
         self.forward_dtype = forward_dtype
         self.world = world
         self.tf32 = tf32
+        self.product_dtype = product_dtype
         for _, layer in pc_modules(model):  # the per-forward transform honours pc.tf32 too
             layer.tf32 = tf32
 
@@ -164,15 +176,27 @@ class PCStep:
         first = group.modules[0]
         dtype = self.forward_dtype or first.weight.dtype
         weights, gammas = group.weights(), group.gammas()  # collectives every rank joins when sharded
-        stack = group.stack_like(dtype)
+        mine = None
         if group.owns_any:
             u, v = group.buffers()
             rows = slice(group.start, group.end)
             gram, sigma = group.gram_and_sigma(weights, u[rows], v[rows])
-            stack[rows] = effective_weight(
-                weights, gammas, u[rows], v[rows], first.degree, gram=gram, sigma=sigma
+            mine = effective_weight(
+                weights,
+                gammas,
+                u[rows],
+                v[rows],
+                first.degree,
+                gram=gram,
+                sigma=sigma,
+                product_dtype=self.product_dtype,
+                out_dtype=dtype,
             )
             group.keep_gram(gram, sigma)
+        # With nothing to share, this rank's result is the stack (no copy into one of its own).
+        stack = mine if group.owns_all else group.stack_like(dtype)
+        if mine is not None and stack is not mine:
+            stack[group.start : group.end] = mine
         del weights
         broadcast_slices(stack, group.bounds)
         group.grad_sum = torch.zeros_like(stack, dtype=compute_dtype(dtype))
@@ -223,8 +247,9 @@ class PCStep:
                 grads[rows].div_(self.world) if self.world > 1 else grads[rows],
                 gram=gram,
                 sigma=sigma,
+                product_dtype=self.product_dtype,
             )
-            if group.end - group.start == len(grads) and grad_weight.dtype == grads.dtype:
+            if group.owns_all and grad_weight.dtype == grads.dtype:
                 grads = grad_weight  # this rank computed the whole stack: no copy into the old buffer
             else:
                 grads[rows] = grad_weight

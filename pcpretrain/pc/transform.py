@@ -39,6 +39,8 @@ def effective_weight(
     *,
     gram: Tensor | None = None,
     sigma: Tensor | None = None,
+    product_dtype: torch.dtype | None = None,
+    out_dtype: torch.dtype | None = None,
 ) -> Tensor:
     """gamma * stopgrad(sigma) * X q_k(G), always computed in float32 (float64 for float64 weights).
 
@@ -51,15 +53,18 @@ def effective_weight(
     X is never formed: W_eff = W (gamma sg(sigma) / sigma) q_k(W^T W / sigma^2), every scalar folded into
     the small matrix. ``gram`` (W^T W or W W^T, the smaller side, of the float32 weight) and ``sigma``
     (u^T W v + eps) may come from the caller, who computed them for the same weight; no gradient flows
-    through a given sigma.
+    through a given sigma. ``product_dtype`` (``pc.bf16_products``): the dtype of the one product with
+    the large W (see :func:`polynomial_map`). The result comes in ``out_dtype`` (default: the weight's).
     """
     with autocast_off(weight.device.type):
         dtype = compute_dtype(weight.dtype)
         w = weight.to(dtype)
         s = _sigma(w, u, v, sigma)
         out_scale = _per_matrix(gamma.to(dtype), w) * s.detach()
-        out = polynomial_map(w, degree, scale=1 / s, gram=gram, out_scale=out_scale)
-    return out.to(weight.dtype)
+        out = polynomial_map(
+            w, degree, scale=1 / s, gram=gram, out_scale=out_scale, product_dtype=product_dtype
+        )
+    return out.to(out_dtype or weight.dtype)
 
 
 @torch.no_grad()
@@ -73,14 +78,16 @@ def effective_weight_vjp(
     *,
     gram: Tensor | None = None,
     sigma: Tensor | None = None,
+    product_dtype: torch.dtype | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(dL/dweight, dL/dgamma) of :func:`effective_weight` for dL/dW_eff = ``grad``, in closed form.
 
     With X = W / sigma(W) and D = dL/dX of the polynomial for ``grad``:
     dL/dW = gamma * (D - <D, X> u v^T) (sigma's own gradient enters through X only) and
-    dL/dgamma = stopgrad(sigma) * <grad, P>. Same precision rules, ``gram`` and ``sigma`` as the
-    forward; gamma and 1/sigma are folded into the small matrices, so the large ones are read by the
-    matrix products and by the rank-one correction only.
+    dL/dgamma = stopgrad(sigma) * <grad, P>. Same precision rules, ``gram``, ``sigma`` and
+    ``product_dtype`` (here its three products with the large matrices) as the forward; gamma and
+    1/sigma are folded into the small matrices, so the large ones are read by the matrix products and
+    by the rank-one correction only.
     """
     with autocast_off(weight.device.type):
         dtype = compute_dtype(weight.dtype)
@@ -88,8 +95,9 @@ def effective_weight_vjp(
         s = _sigma(w, u, v, sigma)
         g = _per_matrix(gamma.to(dtype), w)
         grad_weight, inner, along_x = polynomial_map_vjp(
-            w, grad.to(dtype), degree, scale=1 / s, gram=gram, out_scale=g
+            w, grad.to(dtype), degree, scale=1 / s, gram=gram, out_scale=g, product_dtype=product_dtype
         )
+        grad_weight = grad_weight.to(dtype)
         uu, vv = u.to(dtype), v.to(dtype)
         coeff = -along_x * g.reshape(along_x.shape)
         add_matmul_(grad_weight, (uu * coeff.unsqueeze(-1)).unsqueeze(-1), vv.unsqueeze(-2))

@@ -270,6 +270,7 @@ def build_pc_step(cfg: TrainConfig, model: nn.Module, accelerator: Accelerator) 
         per_step=uses_per_step_pc(cfg),
         forward_dtype=AUTOCAST_DTYPES.get(str(accelerator.mixed_precision)),
         tf32=cfg.pc.tf32,
+        product_dtype=torch.bfloat16 if cfg.pc.bf16_products else None,
     )
 
 

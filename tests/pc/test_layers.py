@@ -278,8 +278,10 @@ def test_per_step_transform_is_computed_once_and_shared_by_micro_batches(monkeyp
     assert all(mod.weight.grad is not None and mod.pc_gamma.grad is not None for mod in modules)
 
 
-def test_per_step_weight_in_autocast_dtype_gives_the_per_forward_gradients() -> None:
-    """Under bf16 autocast the step keeps W_eff only in bf16 and sums the gradients in float32."""
+@pytest.mark.parametrize("product_dtype", [None, torch.bfloat16])
+def test_per_step_weight_in_autocast_dtype_gives_the_per_forward_gradients(product_dtype) -> None:
+    """Under bf16 autocast the step keeps W_eff only in bf16 and sums the gradients in float32; with
+    bf16 products (pc.bf16_products) the gradients stay as close to the float32 per-forward ones."""
     model = tiny_llama().train()
     apply_pc(model, 4)
     micro_batches = [
@@ -288,7 +290,7 @@ def test_per_step_weight_in_autocast_dtype_gives_the_per_forward_gradients() -> 
 
     def grads(per_step: bool) -> dict[str, torch.Tensor]:
         model.zero_grad(set_to_none=True)
-        step = PCStep(model, forward_dtype=torch.bfloat16)
+        step = PCStep(model, forward_dtype=torch.bfloat16, product_dtype=product_dtype)
         if per_step:
             step.begin()
         for tokens in micro_batches:

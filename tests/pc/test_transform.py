@@ -207,3 +207,26 @@ def test_closed_form_gradients_are_contiguous(shape):
     w, gamma, u, v = _weight_gamma_u_v(shape)
     grad_weight, grad_gamma = effective_weight_vjp(w, gamma, u, v, 2, rand(*shape, seed=28))
     assert grad_weight.is_contiguous() and grad_gamma.is_contiguous()
+
+
+@pytest.mark.parametrize("shape", [(160, 64), (64, 160), (96, 96)])
+@pytest.mark.parametrize("degree", [2, 4])
+def test_bf16_products_stay_at_bf16_level_accuracy(shape, degree):
+    """pc.bf16_products runs only the products with the large matrix in bf16: W_eff and dL/dW within a
+    few bf16 roundings (2^-9 = 2e-3) of float64, far from the float32 path's 1e-6 (so bf16 did run)."""
+    m, n = shape
+    weight = 0.02 * rand(m, n, seed=1)
+    grad = rand(m, n, seed=2)
+    u, v = unit(m, 3), unit(n, 4)
+    power_iteration_(weight, u, v, iters=30)
+    gamma = torch.tensor([0.9], dtype=F64)
+    ref_weight = effective_weight(weight, gamma, u, v, degree)
+    ref_grad, ref_gamma = effective_weight_vjp(weight, gamma, u, v, degree, grad)
+    args = [t.float() for t in (weight, gamma, u, v)]
+    w_eff = effective_weight(*args, degree, product_dtype=torch.bfloat16, out_dtype=torch.bfloat16)
+    grad_w, grad_gamma = effective_weight_vjp(*args, degree, grad.float(), product_dtype=torch.bfloat16)
+    assert w_eff.dtype == torch.bfloat16 and grad_w.dtype == torch.float32
+    for got, ref in ((w_eff, ref_weight), (grad_w, ref_grad)):
+        err = float((got.double() - ref).norm() / ref.norm())
+        assert 5e-4 < err < 1e-2, err
+    torch.testing.assert_close(grad_gamma.double(), ref_gamma, rtol=2e-2, atol=0)
