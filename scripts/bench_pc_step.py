@@ -81,13 +81,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--no-tf32", action="store_true", help="float32 matmuls in the transform on CUDA")
+    parser.add_argument("--bf16-products", action="store_true", help="as pc.bf16_products=true")
     args = parser.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build_pc_model(args.model, args.layers, args.degree, device)
     layers = [mod for _, mod in pc_modules(model)]
     forward_dtype = torch.bfloat16 if device.type == "cuda" else None
-    step = PCStep(model, forward_dtype=forward_dtype, tf32=not args.no_tf32, split=False)
+    product_dtype = torch.bfloat16 if args.bf16_products else None
+    step = PCStep(
+        model, forward_dtype=forward_dtype, tf32=not args.no_tf32, product_dtype=product_dtype, split=False
+    )
     grads = [torch.randn_like(layer.weight, dtype=torch.float32) * 1e-3 for layer in layers]
 
     def accumulate() -> None:

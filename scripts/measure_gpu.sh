@@ -1,33 +1,49 @@
 #!/usr/bin/env bash
-# The GPU measurements behind the README's performance figures, in one go, each step with a time limit
-# so one slow step cannot swallow the others. Writes every step's output to <out>/<step>.txt.
+# The GPU measurements behind the README's performance figures, each with a time limit so one slow
+# measurement cannot swallow the others. Writes each one's output to <out>/<name>.txt.
 #
-#   bash scripts/measure_gpu.sh [out-dir]      # default: gpu-measurements/
+#   bash scripts/measure_gpu.sh [out-dir] [name ...]    # default: gpu-measurements/, every name below
 #
-# Steps: the GPU tests; the PC phases and the optimizer step alone (Llama-1B shapes); throughput of
-# baseline, pc4, muon and muon-pc2 (one variant per process, so each peak memory is its own); pc4 at 10
-# micro-batches; the transform's numerics on the GPU. Needs the package's dependencies importable
-# (pytest and pytest-xdist for the first step only).
+# Names, roughly in order of cost on one H100 (Llama-1B shapes):
+#   pc_step, pc_step_bf16   the PC phases alone (bench_pc_step.py), TF32 and with pc.bf16_products
+#   optimizer               AdamW, Muon and Muon with Gram Newton-Schulz, the step alone
+#   numerics                the transform's error against float64 on the GPU (pc_numerics.py)
+#   throughput              baseline, pc4, pc4-bf16, muon, muon-gram, muon-pc2 side by side, 4 micro-batches
+#   throughput_10mb         baseline, pc4, pc4-bf16 at 10 micro-batches
+#   gpu_tests               tests/train/test_gpu.py (needs pytest and pytest-xdist)
+# A variant's peak memory is its own only if "start GiB" reads ~0 in the throughput tables; otherwise
+# measure memory one variant per process (bench_throughput.py --variants <one>).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-gpu-measurements}"
+shift || true
+names=("$@")
+[ ${#names[@]} -eq 0 ] && names=(pc_step pc_step_bf16 optimizer numerics throughput throughput_10mb gpu_tests)
 mkdir -p "$out"
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader >"$out/device.txt" 2>&1
 
-step() {
+run() {
     local name="$1" limit="$2"
     shift 2
     echo "== $name (limit ${limit}s): $*"
     timeout "$limit" "$@" >"$out/$name.txt" 2>&1
-    echo "   exit $? ; last lines:"
-    tail -n 12 "$out/$name.txt" | sed 's/^/   /'
+    echo "   exit $?; last lines:"
+    tail -n 14 "$out/$name.txt" | sed 's/^/   /'
 }
 
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader >"$out/device.txt" 2>&1
-step gpu_tests 240 python -m pytest -q -p no:cacheprovider -n 0 tests/train/test_gpu.py
-step pc_step 120 python scripts/bench_pc_step.py --steps 5 --warmup 2
-step optimizer 120 python scripts/bench_optimizer.py --steps 5 --warmup 2
-for variant in baseline pc4 pc4-bf16 muon muon-gram muon-pc2; do
-    step "throughput_$variant" 180 python scripts/bench_throughput.py --variants "$variant" --steps 6 --warmup 3
+for name in "${names[@]}"; do
+    case "$name" in
+        pc_step) run "$name" 120 python scripts/bench_pc_step.py --steps 5 --warmup 2 ;;
+        pc_step_bf16) run "$name" 120 python scripts/bench_pc_step.py --steps 5 --warmup 2 --bf16-products ;;
+        optimizer) run "$name" 150 python scripts/bench_optimizer.py --steps 5 --warmup 2 ;;
+        numerics) run "$name" 120 python scripts/pc_numerics.py ;;
+        throughput)
+            run "$name" 540 python scripts/bench_throughput.py --steps 4 --warmup 2 \
+                --variants baseline pc4 pc4-bf16 muon muon-gram muon-pc2 ;;
+        throughput_10mb)
+            run "$name" 300 python scripts/bench_throughput.py --steps 3 --warmup 2 --micro-batches 10 \
+                --variants baseline pc4 pc4-bf16 ;;
+        gpu_tests) run "$name" 240 python -m pytest -q -p no:cacheprovider -n 0 tests/train/test_gpu.py ;;
+        *) echo "unknown measurement $name" >&2 ;;
+    esac
 done
-step throughput_10mb 300 python scripts/bench_throughput.py --variants baseline pc4 pc4-bf16 --micro-batches 10 --steps 4 --warmup 2
-step numerics 120 python scripts/pc_numerics.py
