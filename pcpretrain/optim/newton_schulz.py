@@ -201,20 +201,25 @@ def _iterate(x: Tensor, triples: list[Triple], gram: Tensor | None, transposed: 
     return x
 
 
-# Iterations after which the Gram form re-forms X and its Gram matrix (see _iterate_on_gram).
+# Iterations after which the Gram form re-forms X and its Gram matrix, where it iterates on the Gram
+# matrix to save FLOPs (see _iterate_on_gram and gram_restarts).
 GRAM_RESTARTS: tuple[int, ...] = (2,)
 
 
-def _iterate_on_gram(x: Tensor, triples: list[Triple], gram: Tensor | None, transposed: bool) -> Tensor:
+def _iterate_on_gram(
+    x: Tensor, triples: list[Triple], gram: Tensor | None, transposed: bool, restarts: tuple[int, ...]
+) -> Tensor:
     """The iterates of :func:`_iterate` for a wide ``x`` (m <= n), computed on the m x m Gram matrix.
 
     Each step multiplies X on the left by ``Z = a I + b R + c R^2``, a polynomial in ``R = X X^T``, so
     from one re-formed X_j on, ``X_k = Q X_j`` with Q the product of the Z's, and R follows as
     ``Z R Z``: the long side n enters only to form R and to apply Q. Equal to :func:`_iterate` in exact
     arithmetic; in bf16, rounding in R compounds (it can grow small negative eigenvalues that the odd
-    polynomial amplifies), so after each iteration in :data:`GRAM_RESTARTS` X is re-formed as ``Q X``
-    and R recomputed from it (the restarted Gram Newton-Schulz of Dao lab, 2026). ``transposed`` as
-    in :func:`_iterate` (Q is symmetric: a product of commuting symmetric polynomials in R).
+    polynomial amplifies), so after each iteration in ``restarts`` X is re-formed as ``Q X`` and R
+    recomputed from it (the restarted Gram Newton-Schulz of Dao lab, 2026). Restarting after every
+    step is the standard iteration with ``a`` added to Z's diagonal: one plain product ``Z X`` per
+    step where :func:`_iterate` reads and writes X twice more for its scaled sum. ``transposed`` as in
+    :func:`_iterate` (Q is symmetric: a product of commuting symmetric polynomials in R).
     """
     r = x @ x.mT if gram is None else gram
     q: Tensor | None = None
@@ -224,7 +229,7 @@ def _iterate_on_gram(x: Tensor, triples: list[Triple], gram: Tensor | None, tran
         q = z if q is None else z @ q
         if i == len(triples):
             break
-        if i in GRAM_RESTARTS:
+        if i in restarts:
             x, q = q @ x, None
             r = x @ x.mT
         else:
@@ -232,8 +237,10 @@ def _iterate_on_gram(x: Tensor, triples: list[Triple], gram: Tensor | None, tran
     return x.mT @ q if transposed else q @ x
 
 
-def gram_form_is_cheaper(m: int, n: int, steps: int) -> bool:
-    """Whether :func:`_iterate_on_gram` does fewer multiply-adds than :func:`_iterate` on a wide m x n X.
+def gram_restarts(m: int, n: int, steps: int) -> tuple[int, ...]:
+    """Where :func:`_iterate_on_gram` restarts for a wide m x n X: after :data:`GRAM_RESTARTS` when
+    iterating on the Gram matrix takes fewer multiply-adds than the standard iteration, else after every
+    step (the standard iteration's FLOPs, fewer passes over X).
 
     Standard: ``steps (2 m^2 n + m^3)``. Gram form: ``m^2 n`` per formed R and per applied Q, ``m^3``
     per R^2, per Q update and per half of each R update. For 5 steps it wins once n > 1.5 m.
@@ -249,7 +256,7 @@ def gram_form_is_cheaper(m: int, n: int, steps: int) -> bool:
             gram, fresh = gram + 2 * m * m * n, True
         else:
             gram += 2 * m**3
-    return gram + m * m * n < standard
+    return GRAM_RESTARTS if gram + m * m * n < standard else tuple(range(1, steps))
 
 
 def orthogonalize(
@@ -265,9 +272,9 @@ def orthogonalize(
 
     Normalisation runs in at least float32, the iteration in ``dtype``; wide and tall inputs are
     oriented so the Gram ``X X^T`` is on the smaller side. ``method="gram"`` iterates on the Gram
-    matrix where that takes fewer FLOPs (:func:`gram_form_is_cheaper`; the standard iteration
-    elsewhere). Returns a contiguous tensor of ``g``'s shape in ``out_dtype`` (default ``g``'s dtype;
-    the iteration's dtype saves a conversion pass).
+    matrix where that takes fewer FLOPs, and elsewhere runs the standard iteration as one plain product
+    per step (:func:`gram_restarts`). Returns a contiguous tensor of ``g``'s shape in ``out_dtype``
+    (default ``g``'s dtype; the iteration's dtype saves a conversion pass).
     """
     if g.ndim < 2:
         raise ValueError(f"orthogonalize needs a matrix or a batch of matrices, got shape {tuple(g.shape)}")
@@ -279,7 +286,9 @@ def orthogonalize(
     tall = g.size(-2) > g.size(-1)
     x = g.mT if tall else g
     x, gram = _normalize(x.to(torch.promote_types(g.dtype, torch.float32)), cs, eps, dtype)
-    rows, cols = x.shape[-2:]
-    on_gram = method == "gram" and gram_form_is_cheaper(rows, cols, steps)
-    x = (_iterate_on_gram if on_gram else _iterate)(x, cs.triples(steps), gram, tall)
+    if method == "gram":
+        restarts = gram_restarts(*x.shape[-2:], steps)
+        x = _iterate_on_gram(x, cs.triples(steps), gram, tall, restarts)
+    else:
+        x = _iterate(x, cs.triples(steps), gram, tall)
     return x.to(out_dtype or g.dtype)

@@ -11,7 +11,7 @@ from pcpretrain.optim.newton_schulz import (
     COEFFICIENT_SETS,
     aol_rescale,
     frobenius_normalize,
-    gram_form_is_cheaper,
+    gram_restarts,
     orthogonalize,
 )
 
@@ -152,29 +152,27 @@ def test_bad_steps_and_shapes_are_rejected() -> None:
 @pytest.mark.parametrize("name", SETS)
 def test_the_gram_form_gives_the_standard_iterates_in_float64(monkeypatch, shape, steps, name) -> None:
     g = torch.randn(shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    on_gram = []
-    monkeypatch.setattr(
-        newton_schulz,
-        "_iterate_on_gram",
-        lambda *a, f=newton_schulz._iterate_on_gram: on_gram.append(1) or f(*a),
-    )
+    restarts = []
+    original = newton_schulz._iterate_on_gram
+    monkeypatch.setattr(newton_schulz, "_iterate_on_gram", lambda *a: restarts.append(a[-1]) or original(*a))
     standard = orthogonalize(g, steps=steps, coefficients=name, dtype=torch.float64)
     gram = orthogonalize(g, steps=steps, coefficients=name, dtype=torch.float64, method="gram")
     torch.testing.assert_close(gram, standard, rtol=0, atol=1e-10)
     assert gram.is_contiguous() and standard.is_contiguous()
     rows, cols = sorted(shape[-2:])
-    assert bool(on_gram) == gram_form_is_cheaper(rows, cols, steps)
+    assert restarts == [gram_restarts(rows, cols, steps)]
 
 
-def test_the_gram_form_is_taken_only_where_it_saves_flops() -> None:
-    assert gram_form_is_cheaper(2048, 5632, 5)  # the 1B model's FFN matrices
-    assert not gram_form_is_cheaper(2048, 2048, 5)  # attention matrices
-    assert not gram_form_is_cheaper(2048, 3072, 5)  # n = 1.5 m: a tie
-    assert not gram_form_is_cheaper(256, 2048, 1)  # one step: nothing to save
+def test_the_gram_form_restarts_where_it_saves_flops_and_after_every_step_elsewhere() -> None:
+    assert gram_restarts(2048, 5632, 5) == (2,)  # the 1B model's FFN matrices: iterate on the Gram matrix
+    assert gram_restarts(2048, 2048, 5) == (1, 2, 3, 4)  # attention matrices: one product Z X per step
+    assert gram_restarts(2048, 3072, 5) == (1, 2, 3, 4)  # n = 1.5 m: a tie
+    assert gram_restarts(256, 2048, 1) == ()  # one step: nothing to save, nothing to restart
 
 
-def test_the_gram_form_in_bfloat16_lands_in_the_band() -> None:
-    g = gaussian(64, 200, 12).float()
+@pytest.mark.parametrize("shape", [(64, 200), (48, 64)])  # Gram form, and one product per step
+def test_the_gram_form_in_bfloat16_lands_in_the_band(shape) -> None:
+    g = gaussian(*shape, 12).float()
     out = orthogonalize(g, method="gram")
     assert out.dtype == torch.float32 and out.shape == g.shape
     s = torch.linalg.svdvals(out)
