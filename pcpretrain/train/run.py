@@ -134,10 +134,11 @@ def build_training_parts(
     model, converted = build_training_model(cfg, vocab_size, bos_id, eos_id)
     per_step_pc = uses_per_step_pc(cfg)
     log.info(
-        "PC degree %d on %d matrices, transform computed once per %s",
+        "PC degree %d on %d matrices, transform computed once per %s%s",
         cfg.pc.degree,
         len(converted),
         "optimizer step" if per_step_pc else "micro-batch forward",
+        ", its products with the large matrices in bf16" if cfg.pc.bf16_products else "",
     )
     if per_step_pc:  # a no-op unless accelerate wraps the model in DDP (which it may do for one process)
         ddp_ignore(model, ddp_ignored_names(model))
