@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch.distributed.tensor import DTensor, Shard
+from torch.distributed.tensor import DTensor, Placement, Shard
 
 
 def full_tensor(tensor: Tensor) -> Tensor:
@@ -48,6 +48,48 @@ def full_stack(params: Sequence[Tensor], start: int, end: int) -> Tensor:
         with gathered(params):
             return _stack([p.data for p in params], start, end)
     return _stack([p.detach() for p in params], start, end)
+
+
+def own_slice_stack(params: Sequence[Tensor], rank: int, world: int) -> Tensor:
+    """:func:`full_stack` of rank ``rank``'s :func:`slice_bounds` slice of ``params`` among ``world``;
+    every rank calls it, each for its own slice.
+
+    Under FSDP2 (rows sharded over a 1-D mesh of all ranks, whose coordinates are the ranks) each rank
+    receives only the shards of its own slice, one redistribution of the stacked shards (an
+    all-to-all where the backend has one), instead of the whole stack :func:`full_stack` gathers.
+    """
+    start, end = slice_bounds(len(params), world)[rank]
+    first = params[0]
+    if (
+        isinstance(first, DTensor)
+        and first.placements == (Shard(0),)
+        and first.device_mesh.size() == world > 1
+    ):
+        local = torch.stack([p.to_local().detach() for p in params])
+        return redistribute_stack(local, first, len(params), src=[Shard(1)], dst=[Shard(0)])
+    return full_stack(params, start, end)
+
+
+def stack_placement(placement: Placement) -> Placement:
+    """Where ``placement`` of one tensor puts a stack of them: a sharded dimension moves one along."""
+    if type(placement) is Shard:
+        return Shard(placement.dim + 1)
+    if placement.is_replicate():
+        return placement
+    raise NotImplementedError(f"stacks of Shard and Replicate tensors only, not {placement}")
+
+
+def redistribute_stack(
+    local: Tensor, like: DTensor, count: int, src: Sequence[Placement], dst: Sequence[Placement]
+) -> Tensor:
+    """This rank's part of a stack of ``count`` tensors shaped like ``like``, moved from ``src`` to ``dst``.
+
+    The stack's global shape is given, not inferred, since shards and slices may be uneven.
+    """
+    shape = (count, *like.shape)
+    stride = torch.empty(shape, device="meta").stride()
+    stack = DTensor.from_local(local, like.device_mesh, src, run_check=False, shape=shape, stride=stride)
+    return stack.redistribute(like.device_mesh, dst).to_local()
 
 
 def gathered(params: Sequence[Tensor]) -> contextlib.AbstractContextManager:

@@ -23,7 +23,7 @@ from pcpretrain.checkpoint_weights import DistributedCheckpointWeights, layer_gr
 from pcpretrain.config import ModelConfig, OptimizerConfig
 from pcpretrain.model import build_model
 from pcpretrain.optim import build_optimizer
-from pcpretrain.sharding import full_tensor, local_like
+from pcpretrain.sharding import full_stack, full_tensor, local_like, own_slice_stack
 from pcpretrain.train.loss import causal_lm_loss
 
 VOCAB = 96
@@ -103,6 +103,15 @@ def _compare_with_unsharded(rank: int, out: Path) -> None:
             "local_like_roundtrip": torch.equal(
                 local_like(weight, full_tensor(weight)).to_local(), weight.to_local()
             ),
+            # Each rank's own slice, redistributed, equals that slice of the whole gathered stack.
+            "own_slices": [
+                torch.equal(
+                    own_slice_stack(params, rank, dist.get_world_size()),
+                    full_stack(params, group.start, group.end),
+                )
+                for group in pc_step.groups
+                for params in ([m.weight for m in group.modules], [m.pc_gamma for m in group.modules])
+            ],
         },
         out / f"rank{rank}.pt",
     )
@@ -117,6 +126,7 @@ def test_fsdp2_sharded_pc_model_with_muon_matches_the_unsharded_model(tmp_path: 
     ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
     for result in ranks:
         assert result["local_like_roundtrip"]
+        assert result["own_slices"] and all(result["own_slices"])
         for loss, reference_loss in result["losses"]:
             assert abs(loss - reference_loss) < 1e-5
         for name, tensor in result["reference_params"].items():

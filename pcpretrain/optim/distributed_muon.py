@@ -21,18 +21,17 @@ of matrices may round differently.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable
 from functools import partial
 from typing import Any
 
-import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch.distributed.tensor import DTensor, Placement, Shard
+from torch.distributed.tensor import DTensor, Shard
 
 from pcpretrain.compat import local_shard
 from pcpretrain.optim.muon import NS_DTYPES, Muon, orthogonalize_stack, stacked_directions
-from pcpretrain.sharding import is_distributed, slice_bounds
+from pcpretrain.sharding import is_distributed, redistribute_stack, slice_bounds, stack_placement
 
 
 def all_gather_slices(mine: Tensor, total: int) -> Tensor:
@@ -43,28 +42,6 @@ def all_gather_slices(mine: Tensor, total: int) -> Tensor:
     gathered = mine.new_empty((world * padded.shape[0], *mine.shape[1:]))
     dist.all_gather_into_tensor(gathered, padded)
     return gathered[:total]
-
-
-def stack_placement(placement: Placement) -> Placement:
-    """Where ``placement`` of one tensor puts a stack of them: a sharded dimension moves one along."""
-    if type(placement) is Shard:
-        return Shard(placement.dim + 1)
-    if placement.is_replicate():
-        return placement
-    raise NotImplementedError(f"DistributedMuon handles Shard and Replicate parameters, not {placement}")
-
-
-def redistribute_stack(
-    local: Tensor, like: DTensor, count: int, src: Sequence[Placement], dst: Sequence[Placement]
-) -> Tensor:
-    """This rank's part of a stack of ``count`` tensors shaped like ``like``, moved from ``src`` to ``dst``.
-
-    The stack's global shape is given, not inferred, since shards and slices may be uneven.
-    """
-    shape = (count, *like.shape)
-    stride = torch.empty(shape, device="meta").stride()
-    stack = DTensor.from_local(local, like.device_mesh, src, run_check=False, shape=shape, stride=stride)
-    return stack.redistribute(like.device_mesh, dst).to_local()
 
 
 class DistributedMuon(Muon):

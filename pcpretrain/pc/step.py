@@ -41,6 +41,7 @@ from pcpretrain.sharding import (
     full_stack,
     gathered,
     local_like,
+    own_slice_stack,
     rank_and_world,
     reduce_slices,
     slice_bounds,
@@ -65,6 +66,7 @@ class _Group:
 
     def __init__(self, modules: list[PCLinear], rank: int, world: int) -> None:
         self.modules = modules
+        self.rank, self.world = rank, world
         self.bounds = slice_bounds(len(modules), world)
         self.start, self.end = self.bounds[rank]
         self.grad_sum: Tensor | None = None
@@ -84,10 +86,10 @@ class _Group:
 
     def weights(self) -> Tensor:
         """Whole raw weights of this rank's slice (collective where the engine shards them)."""
-        return full_stack([mod.weight for mod in self.modules], self.start, self.end)
+        return own_slice_stack([mod.weight for mod in self.modules], self.rank, self.world)
 
     def gammas(self) -> Tensor:
-        return full_stack([mod.pc_gamma for mod in self.modules], self.start, self.end)
+        return own_slice_stack([mod.pc_gamma for mod in self.modules], self.rank, self.world)
 
     def buffers(self) -> tuple[Tensor, Tensor]:
         return stack_buffers(self.modules, "pc_u"), stack_buffers(self.modules, "pc_v")
