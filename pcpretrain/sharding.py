@@ -59,15 +59,32 @@ def own_slice_stack(params: Sequence[Tensor], rank: int, world: int) -> Tensor:
     all-to-all where the backend has one), instead of the whole stack :func:`full_stack` gathers.
     """
     start, end = slice_bounds(len(params), world)[rank]
-    first = params[0]
-    if (
-        isinstance(first, DTensor)
-        and first.placements == (Shard(0),)
-        and first.device_mesh.size() == world > 1
-    ):
+    if rows_sharded(params[0], world):
         local = torch.stack([p.to_local().detach() for p in params])
-        return redistribute_stack(local, first, len(params), src=[Shard(1)], dst=[Shard(0)])
+        return redistribute_stack(local, params[0], len(params), src=[Shard(1)], dst=[Shard(0)])
     return full_stack(params, start, end)
+
+
+def shards_of_own_slice(mine: Tensor, like: Tensor, count: int) -> Tensor:
+    """The reverse of :func:`own_slice_stack`: from each rank's slice of whole tensors (``mine``) of a
+    stack of ``count`` shaped like the row-sharded ``like``, this rank's shard of every one of them."""
+    return redistribute_stack(mine, like, count, src=[Shard(0)], dst=[Shard(1)])
+
+
+def rows_sharded(param: Tensor, world: int) -> bool:
+    """Whether ``param`` is a DTensor sharded by rows over a 1-D mesh of all ``world`` ranks."""
+    return (
+        isinstance(param, DTensor)
+        and param.placements == (Shard(0),)
+        and param.device_mesh.size() == world > 1
+    )
+
+
+def as_shard_of(param: DTensor, shard: Tensor) -> DTensor:
+    """``shard`` (this rank's part) as a DTensor laid out like ``param``."""
+    return DTensor.from_local(
+        shard, param.device_mesh, param.placements, run_check=False, shape=param.shape, stride=param.stride()
+    )
 
 
 def stack_placement(placement: Placement) -> Placement:

@@ -37,6 +37,7 @@ from pcpretrain.pc.precision import autocast_off, compute_dtype, cuda_tf32
 from pcpretrain.pc.spectral import power_iteration_, power_iteration_with_gram_, spectral_norm_estimate
 from pcpretrain.pc.transform import effective_weight, effective_weight_vjp
 from pcpretrain.sharding import (
+    as_shard_of,
     broadcast_slices,
     full_stack,
     gathered,
@@ -44,6 +45,8 @@ from pcpretrain.sharding import (
     own_slice_stack,
     rank_and_world,
     reduce_slices,
+    rows_sharded,
+    shards_of_own_slice,
     slice_bounds,
 )
 
@@ -55,9 +58,15 @@ def ddp_ignored_names(model: nn.Module) -> list[str]:
 
 def _add_grad(param: Tensor, grad: Tensor) -> None:
     """Add ``grad`` (the whole tensor's) to ``param.grad``: this rank's shard of it where it is sharded."""
-    if grad.dtype != param.dtype:
-        grad = grad.to(param.dtype)
-    grad = local_like(param, grad)
+    _accumulate(param, local_like(param, grad.to(param.dtype)))
+
+
+def _add_grad_shard(param: Tensor, shard: Tensor) -> None:
+    """Add ``shard``, this rank's shard of the gradient of the row-sharded ``param``, to ``param.grad``."""
+    _accumulate(param, as_shard_of(param, shard.to(param.dtype)))
+
+
+def _accumulate(param: Tensor, grad: Tensor) -> None:
     param.grad = grad if param.grad is None else param.grad.add_(grad)
 
 
@@ -223,13 +232,33 @@ class PCStep:
             backward(surrogate)
 
     def _finish_group(self, group: _Group) -> None:
-        grads, grad_gammas = self._group_gradients(group)
+        grads, grad_gammas = self._own_gradients(group)
+        first = group.modules[0]
+        if rows_sharded(first.weight, group.world) and rows_sharded(first.pc_gamma, group.world):
+            # Each rank needs only its shard of every gradient: the owners' slices go out as shards
+            # (the reverse of the weights' redistribution), not whole to every rank.
+            rows, count = slice(group.start, group.end), len(group.modules)
+            grads = shards_of_own_slice(grads[rows], first.weight, count)
+            grad_gammas = shards_of_own_slice(grad_gammas[rows], first.pc_gamma, count)
+            for mod, grad_weight, grad_gamma in zip(group.modules, grads, grad_gammas, strict=True):
+                _add_grad_shard(mod.weight, grad_weight)
+                _add_grad_shard(mod.pc_gamma, grad_gamma)
+            return
+        broadcast_slices(grads, group.bounds)
+        broadcast_slices(grad_gammas, group.bounds)
         for mod, grad_weight, grad_gamma in zip(group.modules, grads, grad_gammas, strict=True):
             _add_grad(mod.weight, grad_weight)
             _add_grad(mod.pc_gamma, grad_gamma)
 
     def _group_gradients(self, group: _Group) -> tuple[Tensor, Tensor]:
         """The whole gradients of the group's weights and gammas, identical on every rank."""
+        grads, grad_gammas = self._own_gradients(group)
+        broadcast_slices(grads, group.bounds)
+        broadcast_slices(grad_gammas, group.bounds)
+        return grads, grad_gammas
+
+    def _own_gradients(self, group: _Group) -> tuple[Tensor, Tensor]:
+        """Stacks of the group's weight and gamma gradients, whole in this rank's slice of rows only."""
         for mod in group.modules:
             mod.take_step_grad()
         grads, group.grad_sum = group.grad_sum, None
@@ -258,8 +287,6 @@ class PCStep:
             grad_gammas[rows] = grad_gamma
         group.drop_gram()
         del weights
-        broadcast_slices(grads, group.bounds)
-        broadcast_slices(grad_gammas, group.bounds)
         return grads, grad_gammas
 
     def _update_spectral_group(self, group: _Group) -> None:
