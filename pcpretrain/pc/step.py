@@ -58,12 +58,17 @@ def ddp_ignored_names(model: nn.Module) -> list[str]:
 
 def _add_grad(param: Tensor, grad: Tensor) -> None:
     """Add ``grad`` (the whole tensor's) to ``param.grad``: this rank's shard of it where it is sharded."""
-    _accumulate(param, local_like(param, grad.to(param.dtype)))
+    _accumulate(param, local_like(param, _like(param, grad)))
 
 
 def _add_grad_shard(param: Tensor, shard: Tensor) -> None:
     """Add ``shard``, this rank's shard of the gradient of the row-sharded ``param``, to ``param.grad``."""
-    _accumulate(param, as_shard_of(param, shard.to(param.dtype)))
+    _accumulate(param, as_shard_of(param, _like(param, shard)))
+
+
+def _like(param: Tensor, grad: Tensor) -> Tensor:
+    """``grad`` in ``param``'s dtype; no op at all when it already is (one per layer would add up)."""
+    return grad if grad.dtype == param.dtype else grad.to(param.dtype)
 
 
 def _accumulate(param: Tensor, grad: Tensor) -> None:
