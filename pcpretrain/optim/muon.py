@@ -123,12 +123,12 @@ def apply_muon_updates(
     """
     lr = group["lr"]
     decay = lr * group["weight_decay"]
-    steps = torch.empty(updates.shape, dtype=params[0].dtype, device=updates.device)
     if found_inf is None:
-        steps.copy_(updates)
+        steps = updates.to(params[0].dtype)
     else:
         keep = 1.0 - found_inf
         decay = decay * keep
+        steps = torch.empty(updates.shape, dtype=params[0].dtype, device=updates.device)
         torch.mul(updates, keep.to(steps.dtype), out=steps)
     torch._foreach_mul_(params, 1.0 - decay)
     torch._foreach_add_(params, list(steps.unbind(0)), alpha=-adjusted_lr(lr, shape, group["lr_adjust"]))

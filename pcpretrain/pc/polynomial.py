@@ -54,15 +54,11 @@ def smaller_gram(x: Tensor) -> Tensor:
     return x.mT @ x if is_tall(x) else x @ x.mT
 
 
-def _factor(*factors: Tensor | None) -> Tensor | None:
-    """The product of the given per-matrix factors, None (meaning 1) standing for a missing one."""
-    present = [f for f in factors if f is not None]
-    if not present:
-        return None
-    out = present[0]
-    for f in present[1:]:
-        out = out * f
-    return out
+def _factor(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+    """The product of two per-matrix factors, None (meaning 1) standing for a missing one."""
+    if a is None or b is None:
+        return b if a is None else a
+    return a * b
 
 
 def _scaled(t: Tensor, factor: Tensor | None) -> Tensor:
@@ -127,7 +123,8 @@ def polynomial_map_vjp(
     coeffs = PC_COEFFICIENTS.get(check_degree(degree))
     if coeffs is None:
         inner = _scaled((grad * x).sum(dim=(-2, -1), keepdim=True), scale)
-        return _scaled(grad, out_scale), inner.reshape(inner.shape[:-2]), inner.reshape(inner.shape[:-2])
+        inner = inner.reshape(inner.shape[:-2])
+        return _scaled(grad, out_scale), inner, inner
     tall = is_tall(x)
     gram = smaller_gram(x) if gram is None else gram
     gram = _scaled(gram, _factor(scale, scale))

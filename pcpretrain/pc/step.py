@@ -75,6 +75,13 @@ def _accumulate(param: Tensor, grad: Tensor) -> None:
     param.grad = grad if param.grad is None else param.grad.add_(grad)
 
 
+def _with_gram(weights: Tensor) -> tuple[Tensor, Tensor]:
+    """The weights in the transform's dtype and their Gram matrices on the smaller side (autocast off)."""
+    with autocast_off(weights.device.type):
+        w = weights.to(compute_dtype(weights.dtype))
+        return w, smaller_gram(w)
+
+
 class _Group:
     """One stack of same-shaped PC layers and this rank's slice of it."""
 
@@ -123,9 +130,9 @@ class _Group:
         """The slice's Gram matrices and sigmas: the kept ones if the weights have not changed since."""
         if self._gram is not None and self._gram_versions == self._versions():
             return self._gram
-        with autocast_off(weights.device.type):
-            w = weights.to(compute_dtype(weights.dtype))
-            return smaller_gram(w), spectral_norm_estimate(w, u, v)
+        w, gram = _with_gram(weights)
+        with autocast_off(w.device.type):
+            return gram, spectral_norm_estimate(w, u, v)
 
     def drop_gram(self) -> None:
         self._gram = None
@@ -302,10 +309,9 @@ class PCStep:
             rows = slice(group.start, group.end)
             iters = group.modules[0].power_iters
             if self.per_step:
-                with autocast_off(weights.device.type):
-                    w = weights.to(compute_dtype(weights.dtype))
-                    gram = smaller_gram(w)
-                    power_iteration_with_gram_(w, gram, u[rows], v[rows], iters)
+                w, gram = _with_gram(weights)
+                power_iteration_with_gram_(w, gram, u[rows], v[rows], iters)
+                with autocast_off(w.device.type):
                     sigma[rows] = spectral_norm_estimate(w, u[rows], v[rows])
                 group.keep_gram(gram, sigma[rows])
             else:
