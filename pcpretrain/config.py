@@ -125,6 +125,8 @@ class OptimizerConfig:
     ns_dtype: str = "bfloat16"
     ns_method: str = "standard"
     lr_adjust: str = "moonlight"
+    # torch.compile of Muon's momentum step, directions and update (fewer passes over memory).
+    compile: bool = False
     categories: CategoriesConfig = field(default_factory=CategoriesConfig)
 
 
@@ -404,6 +406,11 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
     _choice("optimizer.ns_method", cfg.optimizer.ns_method, NS_METHODS)
     _choice("optimizer.lr_adjust", cfg.optimizer.lr_adjust, LR_ADJUSTMENTS)
     _positive("optimizer.ns_steps", cfg.optimizer.ns_steps)
+    if cfg.optimizer.compile and cfg.optimizer.name != "muon":
+        raise ConfigError(
+            f"optimizer.compile=true applies to muon only; optimizer={cfg.optimizer.name} already runs "
+            "torch's fused kernel: set optimizer.compile=false"
+        )
     if not 0.0 <= cfg.optimizer.momentum < 1.0:
         raise ConfigError(f"optimizer.momentum={cfg.optimizer.momentum} must lie in [0, 1)")
     for category in fields(cfg.optimizer.categories):

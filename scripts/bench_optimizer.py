@@ -1,5 +1,5 @@
-"""Optimizer step time of Muon (standard and Gram Newton-Schulz) next to AdamW, in one process, for a
-model shape (default: the paper's 1B).
+"""Optimizer step time of Muon (standard and Gram Newton-Schulz, eager and with its elementwise work
+compiled) next to AdamW, in one process, for a model shape (default: the paper's 1B).
 
 Gradients are random (the step's cost does not depend on their values); each optimizer is timed
 over ``--steps`` steps after ``--warmup`` steps, on the GPU when there is one.
@@ -23,6 +23,14 @@ from pcpretrain.model import build_model
 from pcpretrain.optim import build_optimizer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "pcpretrain" / "configs"
+# Row name: optimizer config, PC degree of the model, further overrides.
+ROWS: dict[str, tuple[str, int, tuple[str, ...]]] = {
+    "adamw": ("adamw", 4, ()),
+    "muon": ("muon", 2, ()),
+    "muon-gram": ("muon", 2, ("optimizer.ns_method=gram",)),
+    "muon-compiled": ("muon", 2, ("optimizer.compile=true",)),
+    "muon-gram-compiled": ("muon", 2, ("optimizer.ns_method=gram", "optimizer.compile=true")),
+}
 
 
 def optimizer_config(name: str, model: str, extra: tuple[str, ...] = ()):
@@ -70,13 +78,14 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    adamw = time_steps("adamw", args.model, 4, args.steps, args.warmup, device)
-    muon = time_steps("muon", args.model, 2, args.steps, args.warmup, device)
-    gram = time_steps("muon", args.model, 2, args.steps, args.warmup, device, ("optimizer.ns_method=gram",))
+    seconds = {
+        row: time_steps(name, args.model, degree, args.steps, args.warmup, device, extra)
+        for row, (name, degree, extra) in ROWS.items()
+    }
     print(f"model {args.model} on {torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}")
-    print(f"{'optimizer':10} {'step ms':>10} {'vs AdamW':>9}")
-    for name, seconds in (("adamw", adamw), ("muon", muon), ("muon-gram", gram)):
-        print(f"{name:10} {seconds * 1e3:10.1f} {seconds / adamw:9.2f}")
+    print(f"{'optimizer':18} {'step ms':>10} {'vs AdamW':>9}")
+    for row, value in seconds.items():
+        print(f"{row:18} {value * 1e3:10.1f} {value / seconds['adamw']:9.2f}")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,12 @@ VARIANTS = {
     "baseline-full-logits": ["pc.degree=0", "trainer.loss_chunk_tokens=0"],
     "muon": ["optimizer=muon", "pc.degree=0"],
     "muon-gram": ["optimizer=muon", "pc.degree=0", "optimizer.ns_method=gram"],
+    "muon-gram-compiled": [
+        "optimizer=muon",
+        "pc.degree=0",
+        "optimizer.ns_method=gram",
+        "optimizer.compile=true",
+    ],
     "muon-pc2": ["optimizer=muon", "pc.degree=2"],
 }
 TINY = ["model=tiny", "model.vocab_size=512"]

@@ -6,9 +6,9 @@
 #
 # Names, roughly in order of cost on one H100 (Llama-1B shapes):
 #   pc_step, pc_step_bf16   the PC phases alone (bench_pc_step.py), TF32 and with pc.bf16_products
-#   optimizer               AdamW, Muon and Muon with Gram Newton-Schulz, the step alone
+#   optimizer               AdamW and Muon (standard or Gram Newton-Schulz, eager or compiled), the step alone
 #   numerics                the transform's error against float64 on the GPU (pc_numerics.py)
-#   throughput              baseline, pc4, pc4-bf16, muon, muon-gram, muon-pc2 side by side, 4 micro-batches
+#   throughput              baseline, pc4, pc4-bf16, muon, muon-gram-compiled, muon-pc2 side by side, 4 micro-batches
 #   throughput_10mb         baseline, pc4, pc4-bf16 at 10 micro-batches
 #   gpu_tests               tests/train/test_gpu.py (needs pytest and pytest-xdist)
 # A variant's peak memory is its own only if "start GiB" reads ~0 in the throughput tables; otherwise
@@ -39,7 +39,7 @@ for name in "${names[@]}"; do
         numerics) run "$name" 120 python scripts/pc_numerics.py ;;
         throughput)
             run "$name" 540 python scripts/bench_throughput.py --steps 4 --warmup 2 \
-                --variants baseline pc4 pc4-bf16 muon muon-gram muon-pc2 ;;
+                --variants baseline pc4 pc4-bf16 muon muon-gram-compiled muon-pc2 ;;
         throughput_10mb)
             run "$name" 300 python scripts/bench_throughput.py --steps 3 --warmup 2 --micro-batches 10 \
                 --variants baseline pc4 pc4-bf16 ;;

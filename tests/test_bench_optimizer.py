@@ -8,6 +8,8 @@ from helpers import run_script
 pytestmark = pytest.mark.slow
 
 
-def test_bench_optimizer_tiny_prints_both_optimizers() -> None:
+def test_bench_optimizer_tiny_prints_every_row() -> None:
     result = run_script("bench_optimizer.py", "--model", "tiny", "--steps", "1", "--warmup", "0", timeout=300)
-    assert "adamw" in result.stdout and "muon-gram" in result.stdout and "vs AdamW" in result.stdout
+    rows = [line.split()[0] for line in result.stdout.splitlines()[2:]]
+    assert rows == ["adamw", "muon", "muon-gram", "muon-compiled", "muon-gram-compiled"]
+    assert "vs AdamW" in result.stdout

@@ -73,6 +73,10 @@ def test_ill_typed_value_is_rejected() -> None:
             "optimizer.ns_method=fast",
             r"optimizer.ns_method='fast' is not allowed; choose one of standard, gram",
         ),
+        (
+            "optimizer.compile=true",
+            r"optimizer.compile=true applies to muon only; optimizer=adamw already runs torch's fused",
+        ),
         ("data.seq_len=4096", r"data.seq_len=4096 exceeds model.max_seq_len=1024"),
         ("data=files", r"data.train_files is not set; data.source=files needs it"),
         ("data.source=hub", r"data.hub.path is not set"),

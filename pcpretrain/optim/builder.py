@@ -29,6 +29,7 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optim
             ns_dtype=cfg.ns_dtype,
             ns_method=cfg.ns_method,
             lr_adjust=cfg.lr_adjust,
+            compile_elementwise=cfg.compile,
         )
     for group in param_groups:
         group.pop("use_muon")

@@ -30,7 +30,7 @@ from torch import Tensor
 from torch.distributed.tensor import DTensor, Shard
 
 from pcpretrain.compat import local_shard
-from pcpretrain.optim.muon import NS_DTYPES, Muon, orthogonalize_stack, stacked_directions
+from pcpretrain.optim.muon import NS_DTYPES, Muon, orthogonalize_stack
 from pcpretrain.sharding import is_distributed, redistribute_stack, slice_bounds, stack_placement
 
 
@@ -59,31 +59,32 @@ class DistributedMuon(Muon):
         """
         return local_shard(tensor)
 
-    def _batch_updates(
-        self, params: list[Tensor], grads: Tensor, bufs: list[Tensor], group: dict[str, Any]
-    ) -> Tensor:
+    def _direction_rows(self, params: list[Tensor]) -> tuple[int, int]:
+        """Replicated matrices: this rank's slice, the only directions it orthogonalises. Shards: all."""
+        if isinstance(params[0], DTensor) or not is_distributed():
+            return super()._direction_rows(params)
+        return slice_bounds(len(params), dist.get_world_size())[dist.get_rank()]
+
+    def _batch_updates(self, params: list[Tensor], directions: Tensor, group: dict[str, Any]) -> Tensor:
         """The batch's updates, each rank orthogonalising its slice: whole ones, or this rank's shards."""
         if isinstance(params[0], DTensor):
-            return self._sharded_updates(params[0], grads, bufs, group)
+            return self._sharded_updates(params[0], directions, group)
         if is_distributed():
-            return self._replicated_updates(grads, bufs, group)
-        return super()._batch_updates(params, grads, bufs, group)
+            return self._replicated_updates(directions, group, total=len(params))
+        return super()._batch_updates(params, directions, group)
 
-    def _replicated_updates(self, grads: Tensor, bufs: list[Tensor], group: dict[str, Any]) -> Tensor:
-        """Directions and Newton–Schulz for this rank's slice only, then one all-gather of the results."""
-        start, end = slice_bounds(len(grads), dist.get_world_size())[dist.get_rank()]
-        if end > start:
-            mine = orthogonalize_stack(stacked_directions(grads[start:end], bufs[start:end], group), group)
+    def _replicated_updates(self, mine: Tensor, group: dict[str, Any], total: int) -> Tensor:
+        """Newton–Schulz of this rank's slice of directions, then one all-gather of the results."""
+        if len(mine):
+            ortho = orthogonalize_stack(mine, group)
         else:
-            mine = grads.new_empty((0, *grads.shape[1:]), dtype=NS_DTYPES[group["ns_dtype"]])
-        return all_gather_slices(mine, total=len(grads))
+            ortho = mine.new_empty(mine.shape, dtype=NS_DTYPES[group["ns_dtype"]])
+        return all_gather_slices(ortho, total=total)
 
-    def _sharded_updates(
-        self, like: DTensor, grads: Tensor, bufs: list[Tensor], group: dict[str, Any]
-    ) -> Tensor:
+    def _sharded_updates(self, like: DTensor, directions: Tensor, group: dict[str, Any]) -> Tensor:
         """Shards of all directions become whole matrices of this rank's slice, and back for the updates."""
         shards = [stack_placement(placement) for placement in like.placements]
         slices = [Shard(0)] * like.device_mesh.ndim
-        move = partial(redistribute_stack, like=like, count=len(grads))
-        directions = move(stacked_directions(grads, bufs, group), src=shards, dst=slices)
-        return move(orthogonalize_stack(directions, group), src=slices, dst=shards)
+        move = partial(redistribute_stack, like=like, count=len(directions))
+        mine = move(directions, src=shards, dst=slices)
+        return move(orthogonalize_stack(mine, group), src=slices, dst=shards)

@@ -24,6 +24,7 @@ from torch.optim.adamw import adamw as fused_adamw
 
 from pcpretrain.choices import NS_DTYPES as NS_DTYPE_NAMES
 from pcpretrain.choices import NS_METHODS
+from pcpretrain.optim.compiled_elementwise import compiled_apply_updates, compiled_momentum_directions
 from pcpretrain.optim.newton_schulz import coefficient_set, orthogonalize
 
 LR_ADJUSTMENTS = ("moonlight", "spectral_mup", "original")
@@ -80,13 +81,35 @@ def momentum_step(grads: Tensor, bufs: list[Tensor], momentum: float, found_inf:
     torch._foreach_add_(bufs, list(grads.unbind(0)))
 
 
-def stacked_directions(grads: Tensor, bufs: list[Tensor], group: dict[str, Any]) -> Tensor:
+def stacked_directions(grads: Tensor, bufs: list[Tensor], momentum: float, nesterov: bool) -> Tensor:
     """The Nesterov (or plain momentum) directions as one ``(B, *shape)`` stack. Nesterov's are written
     into the ``grads`` stack itself (``grad + momentum * buf``), which is not needed afterwards."""
-    if not group["nesterov"]:
+    if not nesterov:
         return torch.stack(bufs)
-    torch._foreach_add_(list(grads.unbind(0)), bufs, alpha=group["momentum"])
+    torch._foreach_add_(list(grads.unbind(0)), bufs, alpha=momentum)
     return grads
+
+
+def momentum_directions(
+    grads: list[Tensor],
+    bufs: list[Tensor],
+    momentum: float,
+    nesterov: bool,
+    found_inf: Tensor | None,
+    rows: tuple[int, int],
+) -> Tensor:
+    """The momentum step for every buffer, then the stacked directions of the matrices in ``rows``
+    (``(start, end)``: a data-parallel rank needs only its own slice), with multi-tensor kernels.
+
+    :func:`pcpretrain.optim.compiled_elementwise.per_matrix_momentum_directions` is the same rule,
+    written for torch.compile.
+    """
+    stack = stacked_finite(grads, found_inf)
+    momentum_step(stack, bufs, momentum, found_inf)
+    start, end = rows
+    if start == end:
+        return stack[start:end]
+    return stacked_directions(stack[start:end], bufs[start:end], momentum, nesterov)
 
 
 def orthogonalize_stack(stack: Tensor, group: dict[str, Any]) -> Tensor:
@@ -109,20 +132,14 @@ def orthogonalize_stack(stack: Tensor, group: dict[str, Any]) -> Tensor:
 
 
 def apply_muon_updates(
-    params: list[Tensor],
-    updates: Tensor,
-    group: dict[str, Any],
-    shape: Sequence[int],
-    found_inf: Tensor | None = None,
+    params: list[Tensor], updates: Tensor, decay: float, step: float, found_inf: Tensor | None = None
 ) -> None:
-    """Decoupled weight decay with the group lr, then the step along ``-updates[i]`` for ``params[i]``;
-    neither where ``found_inf`` is 1.
+    """``param <- (1 - decay) param - step * updates[i]`` for ``params[i]``, neither where ``found_inf``
+    is 1. The conversion of ``updates`` to the parameters' dtype and the ``found_inf`` mask are one pass.
 
-    ``shape`` is the matrices' full shape, which sets the lr adjustment even when ``params`` are shards.
-    The conversion of ``updates`` to the parameters' dtype and the ``found_inf`` mask are one pass.
+    :func:`pcpretrain.optim.compiled_elementwise.per_matrix_apply_updates` is the same rule, written
+    for torch.compile.
     """
-    lr = group["lr"]
-    decay = lr * group["weight_decay"]
     if found_inf is None:
         steps = updates.to(params[0].dtype)
     else:
@@ -131,7 +148,7 @@ def apply_muon_updates(
         steps = torch.empty(updates.shape, dtype=params[0].dtype, device=updates.device)
         torch.mul(updates, keep.to(steps.dtype), out=steps)
     torch._foreach_mul_(params, 1.0 - decay)
-    torch._foreach_add_(params, list(steps.unbind(0)), alpha=-adjusted_lr(lr, shape, group["lr_adjust"]))
+    torch._foreach_add_(params, list(steps.unbind(0)), alpha=-step)
 
 
 def adamw_step(
@@ -199,6 +216,10 @@ class Muon(torch.optim.Optimizer):
     Like torch's fused optimizers, :meth:`step` honours a ``found_inf`` attribute (a 0-d float tensor on
     the parameters' device): where it is 1 the step changes nothing, decided on the device, so the
     host never has to wait for the gradients to know whether to step.
+
+    ``compile_elementwise=True`` runs the momentum step, the directions and the update through
+    torch.compile (:mod:`pcpretrain.optim.compiled_elementwise`): fewer passes over memory, at the cost
+    of compiling them on the first steps.
     """
 
     def __init__(
@@ -215,7 +236,9 @@ class Muon(torch.optim.Optimizer):
         lr_adjust: str = "moonlight",
         betas: tuple[float, float] = (0.9, 0.95),
         eps: float = 1e-8,
+        compile_elementwise: bool = False,
     ) -> None:
+        self.compile_elementwise = compile_elementwise
         defaults = dict(
             lr=lr,
             weight_decay=weight_decay,
@@ -264,13 +287,20 @@ class Muon(torch.optim.Optimizer):
 
     def _muon_group_step(self, group: dict[str, Any], found_inf: Tensor | None = None) -> None:
         """Momentum, one Newton–Schulz chain and the update per batch of same-shape matrices."""
+        directions_of, apply = (
+            (compiled_momentum_directions, compiled_apply_updates)
+            if self.compile_elementwise
+            else (momentum_directions, apply_muon_updates)
+        )
+        lr = group["lr"]
         for params in batches(group["params"], self._batch_key):
-            grads = stacked_finite([self._local(p.grad) for p in params], found_inf)
+            grads = [self._local(p.grad) for p in params]
             bufs = [self._local(self._momentum_buffer(p)) for p in params]
-            momentum_step(grads, bufs, group["momentum"], found_inf)
-            updates = self._batch_updates(params, grads, bufs, group)
-            local_params = [self._local(p) for p in params]
-            apply_muon_updates(local_params, updates, group, params[0].shape, found_inf)
+            rows = self._direction_rows(params)
+            directions = directions_of(grads, bufs, group["momentum"], group["nesterov"], found_inf, rows)
+            updates = self._batch_updates(params, directions, group)
+            step = adjusted_lr(lr, params[0].shape, group["lr_adjust"])
+            apply([self._local(p) for p in params], updates, lr * group["weight_decay"], step, found_inf)
 
     def _batch_key(self, p: Tensor) -> Hashable:
         """What matrices must share to be stacked into one Newton–Schulz batch."""
@@ -280,12 +310,14 @@ class Muon(torch.optim.Optimizer):
         """The tensor the kernels work on: the tensor itself here, a subclass may give a local shard."""
         return tensor
 
-    def _batch_updates(
-        self, params: list[Tensor], grads: Tensor, bufs: list[Tensor], group: dict[str, Any]
-    ) -> Tensor:
-        """The batch's orthogonalised updates, laid out like the ``grads`` stack (which they may
-        overwrite): one chain here."""
-        return orthogonalize_stack(stacked_directions(grads, bufs, group), group)
+    def _direction_rows(self, params: list[Tensor]) -> tuple[int, int]:
+        """The matrices of a batch whose directions :meth:`_batch_updates` needs: all of them here."""
+        return 0, len(params)
+
+    def _batch_updates(self, params: list[Tensor], directions: Tensor, group: dict[str, Any]) -> Tensor:
+        """The batch's orthogonalised updates, a stack like the whole batch's gradients, from the
+        :meth:`_direction_rows` directions (which they may overwrite): one chain here."""
+        return orthogonalize_stack(directions, group)
 
     def _adamw_group_step(self, group: dict[str, Any], found_inf: Tensor | None = None) -> None:
         """AdamW over the group, one batch per dtype and device so the fused kernel applies."""

@@ -1,9 +1,11 @@
 """Batched Muon over 2 CPU processes (gloo) equals one process, bit for bit, and launches per depth.
 
 Both data-parallel layouts are covered: replicated parameters (DDP) and ``DTensor`` row shards
-(FSDP2's layout, built here with ``distribute_tensor``). The shapes are mixed, batches are uneven
-(3 matrices of one shape over 2 ranks, a shape with a single matrix so one rank has nothing to
-orthogonalise) and so are the shards (5 rows over 2 ranks, a single row so one shard is empty).
+(FSDP2's layout, built here with ``distribute_tensor``), eager and with the elementwise work
+compiled (equal to the eager single process up to the fused kernels' rounding). The shapes are
+mixed, batches are uneven (3 matrices of one shape over 2 ranks, a shape with a single matrix so one
+rank has nothing to orthogonalise) and so are the shards (5 rows over 2 ranks, a single row so one
+shard is empty).
 """
 
 from __future__ import annotations
@@ -64,14 +66,21 @@ def layer_params(depth: int) -> dict[str, Tensor]:
 
 
 def make_optimizer(
-    optimizer_class: type[Muon], start: dict[str, Tensor], layout: Layout, ns_dtype: str
+    optimizer_class: type[Muon],
+    start: dict[str, Tensor],
+    layout: Layout,
+    ns_dtype: str,
+    compile_elementwise: bool = False,
 ) -> tuple[dict[str, nn.Parameter], Muon]:
     params = {name: nn.Parameter(layout(t.clone())) for name, t in start.items()}
     groups = [
         {"params": [p for p in params.values() if p.ndim >= 2], "use_muon": True, "lr": 0.02},
         {"params": [p for p in params.values() if p.ndim < 2], "use_muon": False, "lr": 1e-3},
     ]
-    return params, optimizer_class(groups, weight_decay=0.1, ns_dtype=ns_dtype)
+    optimizer = optimizer_class(
+        groups, weight_decay=0.1, ns_dtype=ns_dtype, compile_elementwise=compile_elementwise
+    )
+    return params, optimizer
 
 
 def set_grads(params: dict[str, nn.Parameter], layout: Layout, step: int) -> None:
@@ -81,8 +90,16 @@ def set_grads(params: dict[str, nn.Parameter], layout: Layout, step: int) -> Non
         p.grad = layout(torch.randn(p.shape, generator=gen))
 
 
-def train(optimizer_class: type[Muon], layout: Layout, ns_dtype: str) -> list[Tensor]:
-    params, optimizer = make_optimizer(optimizer_class, mixed_params(), layout, ns_dtype)
+def train(
+    optimizer_class: type[Muon],
+    layout: Layout,
+    ns_dtype: str,
+    start: dict[str, Tensor] | None = None,
+    compile_elementwise: bool = False,
+) -> list[Tensor]:
+    params, optimizer = make_optimizer(
+        optimizer_class, start or mixed_params(), layout, ns_dtype, compile_elementwise
+    )
     for step in range(STEPS):
         set_grads(params, layout, step)
         optimizer.step()
@@ -114,12 +131,16 @@ def worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
             for name, layout in layouts.items()
             for ns_dtype in NS_DTYPES
         }
+        compiled = {
+            name: train(DistributedMuon, layout, "float32", layer_params(2), compile_elementwise=True)
+            for name, layout in layouts.items()
+        }
         ops = {
             (name, depth): aten_ops_per_step(DistributedMuon, depth, layout)
             for name, layout in layouts.items()
             for depth in DEPTHS
         }
-        torch.save({"results": results, "ops": ops}, Path(out_dir) / f"rank{rank}.pt")
+        torch.save({"results": results, "compiled": compiled, "ops": ops}, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -141,6 +162,17 @@ def test_two_processes_give_the_single_process_parameters(
         distributed = rank["results"][(layout, ns_dtype)]
         for name, a, b in zip(SHAPES, distributed, single, strict=True):
             assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_compiled_elementwise_work_gives_the_single_process_parameters(
+    two_ranks: list[dict], layout: str
+) -> None:
+    """Each rank compiles for its own slice of directions (replicated) or its shards (sharded)."""
+    single = train(Muon, plain, "float32", layer_params(2))
+    for rank in two_ranks:
+        for a, b in zip(rank["compiled"][layout], single, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
