@@ -2,7 +2,9 @@
 compiled) next to AdamW, in one process, for a model shape (default: the paper's 1B).
 
 Gradients are random (the step's cost does not depend on their values); each optimizer is timed
-over ``--steps`` steps after ``--warmup`` steps, on the GPU when there is one.
+over ``--steps`` steps after ``--warmup`` steps, on the GPU when there is one. A row that fails (a
+compile error, out of memory) reads "failed" with its error, the others still run, and the exit status
+is then 1.
 
     python scripts/bench_optimizer.py                    # 1B shapes on the GPU
     python scripts/bench_optimizer.py --model debug      # small shapes, runs on a CPU
@@ -11,7 +13,9 @@ over ``--steps`` steps after ``--warmup`` steps, on the GPU when there is one.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -78,14 +82,25 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    seconds = {
-        row: time_steps(name, args.model, degree, args.steps, args.warmup, device, extra)
-        for row, (name, degree, extra) in ROWS.items()
-    }
+    seconds: dict[str, float | str] = {}
+    for row, (name, degree, extra) in ROWS.items():
+        try:
+            seconds[row] = time_steps(name, args.model, degree, args.steps, args.warmup, device, extra)
+        except Exception as error:
+            traceback.print_exc()
+            seconds[row] = f"failed: {type(error).__name__}"
+        torch._dynamo.reset()
     print(f"model {args.model} on {torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}")
     print(f"{'optimizer':18} {'step ms':>10} {'vs AdamW':>9}")
+    adamw = seconds["adamw"]
     for row, value in seconds.items():
-        print(f"{row:18} {value * 1e3:10.1f} {value / seconds['adamw']:9.2f}")
+        if isinstance(value, str):
+            print(f"{row:18} {value}")
+        else:
+            ratio = f"{value / adamw:9.2f}" if isinstance(adamw, float) else f"{'-':>9}"
+            print(f"{row:18} {value * 1e3:10.1f} {ratio}")
+    if any(isinstance(value, str) for value in seconds.values()):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

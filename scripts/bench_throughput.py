@@ -2,7 +2,9 @@
 
 Each variant runs the real training step (accelerate engine, gradient accumulation, PC callbacks,
 optimizer) on random tokens, and prints tokens/s, MFU, peak GPU memory, the optimizer's share of
-the step, and the ratio of its throughput to the first variant's (the baseline).
+the step, and the ratio of its throughput to the first variant's (the baseline). A variant that fails
+(out of memory, a compile error) is reported as failed with its error, after its traceback on stderr,
+and the others still run; the exit status is then 1.
 
     python scripts/bench_throughput.py                              # Llama-1B on the GPU: the issue's table
     python scripts/bench_throughput.py --variants baseline pc4 pc4-forward --micro-batches 10
@@ -13,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import gc
+import sys
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,24 +167,59 @@ def run_variant(name: str, cfg: TrainConfig, micro_batches: int, warmup: int, st
         start_gib=start_gib,
         optimizer_share=sum(optimizer_timer.seconds) / len(optimizer_timer.seconds) / step_time,
     )
-    # Release everything this variant allocated before the next one starts (accelerate's references,
-    # compiled graphs and their guards), so each variant's peak memory is its own.
+    # Release everything this variant allocated before the next one starts (accelerate's references),
+    # so each variant's peak memory is its own.
     accelerator.free_memory()
-    torch._dynamo.reset()
     del trainer, parts, accelerator, optimizer_timer
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    release_memory()
     return result
 
 
-def render(results: list[Result]) -> str:
-    base = results[0]
+def release_memory() -> None:
+    """Drop compiled graphs and their guards, collect what no variant references any more, and give
+    cached GPU memory back: after a variant, whether it finished or failed."""
+    torch._dynamo.reset()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def run_variants(
+    names: list[str], common: list[str], micro_batches: int, warmup: int, steps: int
+) -> tuple[list[Result], dict[str, str]]:
+    """Each variant's result, and for those that failed their error, so that one failure (an
+    out-of-memory variant, a compile error) does not lose the others' figures."""
+    results, failures = [], {}
+    for name in names:
+        cfg = variant_config([*common, *VARIANTS[name]])
+        try:
+            result = run_variant(name, cfg, micro_batches, warmup, steps)
+        except Exception as error:
+            traceback.print_exc()
+            message = str(error).strip()
+            failures[name] = (
+                f"{type(error).__name__}: {message.splitlines()[0]}" if message else type(error).__name__
+            )
+            release_memory()
+            continue
+        results.append(result)
+        print(f"{name}: {result.tokens_per_s:,.0f} tokens/s", file=sys.stderr, flush=True)
+    return results, failures
+
+
+def render(results: list[Result], failures: dict[str, str], order: list[str]) -> str:
+    """The table in the variants' order; ratios against the first variant that finished."""
+    base = results[0] if results else None
     lines = [
         f"{'variant':20} {'tokens/s':>10} {'MFU':>7} {'peak GiB':>9} {'start GiB':>9} {'optim %':>8} "
-        f"{'vs ' + base.name:>12}"
+        f"{'vs ' + (base.name if base else '-'):>12}"
     ]
-    for r in results:
+    finished = {r.name: r for r in results}
+    for name in order:
+        if name in failures:
+            lines.append(f"{name:20} failed: {failures[name]}")
+            continue
+        r = finished[name]
         mfu = f"{100 * r.mfu:6.1f}%" if r.mfu is not None else "    n/a"
         peak = f"{r.peak_gib:9.1f}" if r.peak_gib is not None else "      n/a"
         start = f"{r.start_gib:9.1f}" if r.start_gib is not None else "      n/a"
@@ -220,17 +259,16 @@ def main() -> None:
         "distributed=single",
         *args.set,
     ]
-    results = []
-    for name in args.variants:
-        cfg = variant_config([*common, *VARIANTS[name]])
-        results.append(run_variant(name, cfg, args.micro_batches, args.warmup, args.steps))
+    results, failures = run_variants(args.variants, common, args.micro_batches, args.warmup, args.steps)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     model = "tiny" if args.tiny else args.model
     print(
         f"model {model}, seq {args.seq_len}, micro-batch {args.micro_batch_size} "
         f"x {args.micro_batches} per step, on {device}"
     )
-    print(render(results))
+    print(render(results, failures, args.variants))
+    if failures:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -75,6 +77,16 @@ def run_script(name: str, *args: str, check: bool = True, timeout: int = 600) ->
         timeout=timeout,
         check=check,
     )
+
+
+def load_script(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """``scripts/<name>.py`` as a module (registered for the test only: dataclasses look their module
+    up), so that a test can call its functions or replace its parts."""
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)
+    spec.loader.exec_module(module)
+    return module
 
 
 def start_cli(*args: str, nproc: int = 1) -> subprocess.Popen:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import gc
-import importlib.util
 import sys
 import weakref
 
 import pytest
-from helpers import REPO_ROOT, run_script
+from helpers import load_script, run_script
 
 from pcpretrain.train.run import build_training_parts
 
@@ -31,15 +30,38 @@ def test_bench_throughput_rejects_an_unknown_variant() -> None:
     assert result.returncode == 2 and "unknown variants ['pc9']" in result.stderr
 
 
+def test_a_failing_variant_is_reported_and_the_others_still_run(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One GPU session measures every variant in one go: a variant that runs out of memory must not
+    lose the figures of the others."""
+    bench = load_script("bench_throughput", monkeypatch)
+    real_run_variant = bench.run_variant
+
+    def run_or_fail(name, *args):
+        if name == "pc4":
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+        return real_run_variant(name, *args)
+
+    monkeypatch.setattr(bench, "run_variant", run_or_fail)
+    monkeypatch.setattr(
+        sys, "argv", ["bench_throughput.py", "--tiny", "--variants", "pc4", "baseline", "muon"]
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main()
+    assert exit_info.value.code == 1
+    out, err = capsys.readouterr()
+    rows = [line.split()[0] for line in out.splitlines()[2:]]
+    assert rows == ["pc4", "baseline", "muon"]
+    assert "pc4                  failed: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB" in out
+    assert "vs baseline" in out and out.splitlines()[3].split()[-1] == "1.000"
+    assert "Traceback" in err and "more detail" in err
+
+
 def test_a_variant_leaves_its_model_to_be_freed_before_the_next_one(monkeypatch: pytest.MonkeyPatch) -> None:
     """Variants run one after another in one process: one that kept its model alive would add its
     memory to every later variant's peak."""
-    spec = importlib.util.spec_from_file_location(
-        "bench_throughput", REPO_ROOT / "scripts" / "bench_throughput.py"
-    )
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bench_throughput", bench)  # dataclasses look their module up
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_throughput", monkeypatch)
     built = []
 
     def build_and_watch(*args, **kwargs):

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-
+import pytest
 import torch
-from helpers import REPO_ROOT, run_script
+from helpers import load_script, run_script
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("pc_numerics", REPO_ROOT / "scripts" / "pc_numerics.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_round_to_tf32_keeps_ten_mantissa_bits_rounding_to_nearest() -> None:
-    round_to_tf32 = _script().round_to_tf32
+def test_round_to_tf32_keeps_ten_mantissa_bits_rounding_to_nearest(monkeypatch: pytest.MonkeyPatch) -> None:
+    round_to_tf32 = load_script("pc_numerics", monkeypatch).round_to_tf32
     x = torch.tensor([1.0, 1 + 2**-10, 1 + 2**-11, 1 + 3 * 2**-11, 1 + 2**-12, -3.0])
     expected = torch.tensor([1.0, 1 + 2**-10, 1.0, 1 + 2**-9, 1.0, -3.0])  # ties go to even
     assert torch.equal(round_to_tf32(x), expected)
