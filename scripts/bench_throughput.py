@@ -203,8 +203,19 @@ def run_variants(
             release_memory()
             continue
         results.append(result)
-        print(f"{name}: {result.tokens_per_s:,.0f} tokens/s", file=sys.stderr, flush=True)
+        # As soon as it is known: a run cut short by a time limit keeps the rows it finished.
+        print(format_row(result, results[0]), file=sys.stderr, flush=True)
     return results, failures
+
+
+def format_row(r: Result, base: Result) -> str:
+    """One variant's row of the table, its ratio against ``base``."""
+    mfu = f"{100 * r.mfu:6.1f}%" if r.mfu is not None else "    n/a"
+    peak = f"{r.peak_gib:9.1f}" if r.peak_gib is not None else "      n/a"
+    start = f"{r.start_gib:9.1f}" if r.start_gib is not None else "      n/a"
+    ratio = r.tokens_per_s / base.tokens_per_s
+    share = 100 * r.optimizer_share
+    return f"{r.name:20} {r.tokens_per_s:10,.0f} {mfu:>7} {peak} {start} {share:7.1f}% {ratio:12.3f}"
 
 
 def render(results: list[Result], failures: dict[str, str], order: list[str]) -> str:
@@ -219,15 +230,7 @@ def render(results: list[Result], failures: dict[str, str], order: list[str]) ->
         if name in failures:
             lines.append(f"{name:20} failed: {failures[name]}")
             continue
-        r = finished[name]
-        mfu = f"{100 * r.mfu:6.1f}%" if r.mfu is not None else "    n/a"
-        peak = f"{r.peak_gib:9.1f}" if r.peak_gib is not None else "      n/a"
-        start = f"{r.start_gib:9.1f}" if r.start_gib is not None else "      n/a"
-        ratio = r.tokens_per_s / base.tokens_per_s
-        share = 100 * r.optimizer_share
-        lines.append(
-            f"{r.name:20} {r.tokens_per_s:10,.0f} {mfu:>7} {peak} {start} {share:7.1f}% {ratio:12.3f}"
-        )
+        lines.append(format_row(finished[name], base))
     return "\n".join(lines)
 
 

@@ -35,10 +35,10 @@ for name in "${names[@]}"; do
     case "$name" in
         pc_step) run "$name" 120 python scripts/bench_pc_step.py --steps 5 --warmup 2 ;;
         pc_step_bf16) run "$name" 120 python scripts/bench_pc_step.py --steps 5 --warmup 2 --bf16-products ;;
-        optimizer) run "$name" 150 python scripts/bench_optimizer.py --steps 5 --warmup 2 ;;
+        optimizer) run "$name" 240 python scripts/bench_optimizer.py --steps 5 --warmup 2 ;;
         numerics) run "$name" 120 python scripts/pc_numerics.py ;;
         throughput)
-            run "$name" 540 python scripts/bench_throughput.py --steps 4 --warmup 2 \
+            run "$name" 570 python scripts/bench_throughput.py --steps 4 --warmup 2 \
                 --variants baseline pc4 pc4-bf16 muon muon-gram-compiled muon-pc2 ;;
         throughput_10mb)
             run "$name" 300 python scripts/bench_throughput.py --steps 3 --warmup 2 --micro-batches 10 \

@@ -56,6 +56,8 @@ def test_a_failing_variant_is_reported_and_the_others_still_run(
     assert "pc4                  failed: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB" in out
     assert "vs baseline" in out and out.splitlines()[3].split()[-1] == "1.000"
     assert "Traceback" in err and "more detail" in err
+    finished_rows = [line for line in err.splitlines() if line.startswith(("baseline ", "muon "))]
+    assert finished_rows == out.splitlines()[3:5]  # each row as soon as its variant finished
 
 
 def test_a_variant_leaves_its_model_to_be_freed_before_the_next_one(monkeypatch: pytest.MonkeyPatch) -> None:

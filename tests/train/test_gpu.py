@@ -1,4 +1,5 @@
-"""The single-GPU path: bf16 autocast, fused AdamW, MFU in the metrics. Skipped without CUDA."""
+"""The single-GPU path: bf16 autocast, fused AdamW, MFU in the metrics, the fast paths against the
+plain ones. Skipped without CUDA."""
 
 from __future__ import annotations
 
@@ -74,4 +75,26 @@ def test_fast_paths_follow_the_plain_paths_under_bf16_and_compile(tmp_path: Path
         plain,
     )
     for one, other in zip(read_metrics(plain), read_metrics(fast), strict=True):
+        assert other["loss"] == pytest.approx(one["loss"], rel=1e-2)
+
+
+def test_muon_fast_paths_follow_the_plain_ones(tmp_path: Path) -> None:
+    """Gram Newton–Schulz, Muon's compiled elementwise work and the PC transform's bf16 products,
+    against the standard iteration, eager Muon and float32 products: the same loss curve up to bf16
+    noise."""
+    common = [
+        "trainer.max_steps=8",
+        "trainer.device=cuda",
+        "trainer.precision=bf16",
+        "optimizer=muon",
+        "pc.degree=2",
+    ]
+    fast = tmp_path / "fast"
+    plain = tmp_path / "plain"
+    fast_paths = ["optimizer.ns_method=gram", "optimizer.compile=true", "pc.bf16_products=true"]
+    run_training(tiny_config(fast, *common, *fast_paths), fast)
+    run_training(tiny_config(plain, *common), plain)
+    fast_losses, plain_losses = read_metrics(fast), read_metrics(plain)
+    assert len(fast_losses) == len(plain_losses) == 8
+    for one, other in zip(plain_losses, fast_losses, strict=True):
         assert other["loss"] == pytest.approx(one["loss"], rel=1e-2)
