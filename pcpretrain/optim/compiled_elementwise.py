@@ -10,9 +10,11 @@ low-precision update in, parameter out (2.5). The rule and the ``found_inf`` gua
 :mod:`pcpretrain.optim.muon`'s eager functions, which the tests compare these with: a flagged step
 changes nothing, and its (possibly NaN) gradients reach no state.
 
-The functions are plain PyTorch and also run eagerly (slowly); :data:`COMPILED` holds their compiled
-forms. Floats (learning rate, decay) are traced as symbols after their first change, so a learning-rate
-schedule does not recompile; each distinct list length, row slice and dtype compiles once.
+The functions are plain PyTorch and also run eagerly (slowly); ``compiled_momentum_directions`` and
+``compiled_apply_updates`` are their compiled forms. Floats (learning rate, decay) are traced as
+symbols after their first change, so a learning-rate schedule does not recompile; each distinct list
+length, row slice and dtype compiles once. Unlike the multi-tensor kernels, the generated code
+launches one kernel per matrix, each a full pass at memory bandwidth.
 """
 
 from __future__ import annotations

@@ -4,12 +4,15 @@ Each param group says which rule it follows with ``use_muon``. A group's paramet
 batches, never one by one: Muon stacks the matrices of one (shape, dtype, device) and runs a single
 batched Newton–Schulz chain on the stack, and both rules do their elementwise work with multi-tensor
 ``torch._foreach_*`` kernels, so the kernels launched per step grow with the number of distinct
-shapes, not with the number of matrices. The price is memory: a whole batch's directions and its
+shapes, not with the number of matrices (Muon's compiled elementwise work, an option, launches one
+fused kernel per matrix instead). The price is memory: a whole batch's directions and its
 Newton–Schulz intermediates exist at once. State stays per parameter (``momentum_buffer``; AdamW's
 ``step``, ``exp_avg``, ``exp_avg_sq``), so checkpoints do not depend on the batching.
 
 A data-parallel subclass changes where Newton–Schulz runs by overriding :meth:`Muon._batch_updates`
-(and :meth:`Muon._local` for sharded parameters); the momentum step and the update stay here.
+and which directions it needs by :meth:`Muon._direction_rows` (and :meth:`Muon._local` for sharded
+parameters); the momentum step and the update stay here, eager or compiled
+(:mod:`pcpretrain.optim.compiled_elementwise`).
 """
 
 from __future__ import annotations
