@@ -13,14 +13,24 @@ changes nothing, and its (possibly NaN) gradients reach no state.
 The functions are plain PyTorch and also run eagerly (slowly); ``compiled_momentum_directions`` and
 ``compiled_apply_updates`` are their compiled forms. Floats (learning rate, decay) are traced as
 symbols after their first change, so a learning-rate schedule does not recompile; each distinct list
-length, row slice and dtype compiles once. Unlike the multi-tensor kernels, the generated code
-launches one kernel per matrix, each a full pass at memory bandwidth.
+length, row slice and dtype compiles once, so a model with many matrix shapes compiles more graphs
+than torch's default limit of 8 per function (:data:`RECOMPILE_LIMIT` here). Past that limit a batch
+runs the same functions eagerly, correct but slow; it never fails. Unlike the multi-tensor kernels, the
+generated code launches one kernel per matrix, each a full pass at memory bandwidth.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import Tensor
+
+# Graphs each function may compile: about two per batch of same-shaped matrices (batch size, this
+# rank's rows, with and without a found_inf flag), with room for the many shapes of unusual models.
+RECOMPILE_LIMIT = 64
 
 
 def per_matrix_momentum_directions(
@@ -61,5 +71,17 @@ def per_matrix_apply_updates(
         param.copy_(new if found_inf is None else torch.where(found_inf.bool(), param, new))
 
 
-compiled_momentum_directions = torch.compile(per_matrix_momentum_directions, fullgraph=True)
-compiled_apply_updates = torch.compile(per_matrix_apply_updates, fullgraph=True)
+def _compiled(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` through torch.compile, under this module's recompile limit (torch's is global)."""
+    compiled = torch.compile(function)
+
+    @functools.wraps(function)
+    def run(*args: Any) -> Any:
+        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+            return compiled(*args)
+
+    return run
+
+
+compiled_momentum_directions = _compiled(per_matrix_momentum_directions)
+compiled_apply_updates = _compiled(per_matrix_apply_updates)

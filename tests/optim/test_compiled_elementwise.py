@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from pcpretrain.optim import compiled_elementwise
 from pcpretrain.optim.compiled_elementwise import (
     per_matrix_apply_updates,
     per_matrix_momentum_directions,
@@ -66,9 +67,10 @@ def test_compiled_muon_equals_eager_muon_and_a_changing_lr_does_not_recompile(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Float64 (so only the fused rounding differs), two shape batches, a skipped step with NaN
-    gradients, and the learning rate changing every step as a schedule changes it."""
+    gradients, and the learning rate changing every step as a schedule changes it; no graph breaks."""
     monkeypatch.setitem(NS_DTYPES, "float64", torch.float64)
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     gen = torch.Generator().manual_seed(0)
     shapes = [(6, 4), (6, 4), (3, 8), (3, 8)]
     start = [torch.randn(shape, generator=gen, dtype=torch.float64) for shape in shapes]
@@ -98,3 +100,23 @@ def test_compiled_muon_equals_eager_muon_and_a_changing_lr_does_not_recompile(
         torch.testing.assert_close(fused, eager, rtol=0, atol=1e-10)
         assert torch.isfinite(fused).all()
     assert compiled_after[5] == compiled_after[3] > 0
+    assert not torch._dynamo.utils.counters["graph_break"]  # each call is one whole graph
+
+
+def test_past_the_recompile_limit_a_batch_runs_eagerly_and_still_right(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The module's own limit governs (torch's default of 8 would be reached by a model with many
+    shapes), and going past it degrades to the eager run of the same rule instead of failing."""
+    monkeypatch.setattr(compiled_elementwise, "RECOMPILE_LIMIT", 1)
+    torch._dynamo.reset()
+    before = compile_count()
+    for count in (2, 3):  # a list length of its own would need a graph of its own
+        params = tensors(4, count)
+        updates = torch.stack(tensors(5, count))
+        expected = [p.clone() for p in params]
+        apply_muon_updates(expected, updates, 0.01, 0.3)
+        compiled_elementwise.compiled_apply_updates(params, updates, 0.01, 0.3, None)
+        for got, want in zip(params, expected, strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    assert compile_count() == before + 1

@@ -132,7 +132,7 @@ def worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
             for ns_dtype in NS_DTYPES
         }
         compiled = {
-            name: train(DistributedMuon, layout, "float32", layer_params(2), compile_elementwise=True)
+            name: train(DistributedMuon, layout, "float32", mixed_params(), compile_elementwise=True)
             for name, layout in layouts.items()
         }
         ops = {
@@ -169,7 +169,7 @@ def test_compiled_elementwise_work_gives_the_single_process_parameters(
     two_ranks: list[dict], layout: str
 ) -> None:
     """Each rank compiles for its own slice of directions (replicated) or its shards (sharded)."""
-    single = train(Muon, plain, "float32", layer_params(2))
+    single = train(Muon, plain, "float32", mixed_params())
     for rank in two_ranks:
         for a, b in zip(rank["compiled"][layout], single, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
