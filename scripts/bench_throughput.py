@@ -50,6 +50,13 @@ VARIANTS = {
         "optimizer.compile=true",
     ],
     "muon-pc2": ["optimizer=muon", "pc.degree=2"],
+    "muon-pc2-fast": [
+        "optimizer=muon",
+        "pc.degree=2",
+        "optimizer.ns_method=gram",
+        "optimizer.compile=true",
+        "pc.bf16_products=true",
+    ],
 }
 TINY = ["model=tiny", "model.vocab_size=512"]
 

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_bench_throughput_tiny_reports_every_variant_against_the_baseline() -> None:
-    variants = ["baseline", "pc4", "pc4-forward", "pc4-bf16", "muon-gram-compiled", "muon-pc2"]
+    variants = ["baseline", "pc4", "pc4-forward", "pc4-bf16", "muon-pc2", "muon-pc2-fast"]
     result = run_script("bench_throughput.py", "--tiny", "--variants", *variants)
     lines = result.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("variant"))
