@@ -1,0 +1,96 @@
+"""Checks of Muon's compiled elementwise work, run by ``test_compiled_elementwise.py`` in a fresh
+interpreter: ``python tests/optim/compiled_muon_checks.py [check ...]`` prints ``ok <check>`` for each.
+
+torch.compile leaves compile threads and a process pool behind in the process that compiles. A test
+process that later forks (the 2-process tests fork their ranks) would hand its children a pool they
+cannot use, and they would hang; so the test processes themselves never compile.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from torch import Tensor, nn
+
+from pcpretrain.optim import compiled_elementwise
+from pcpretrain.optim.muon import NS_DTYPES, Muon, apply_muon_updates
+
+
+def compile_count() -> int:
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
+def random_matrices(seed: int, count: int, shape: tuple[int, int] = (5, 7)) -> list[Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=gen, dtype=torch.float64) for _ in range(count)]
+
+
+def compiled_muon_equals_eager_muon_and_a_changing_lr_does_not_recompile() -> None:
+    """Float64 (so only the fused rounding differs), two shape batches, a skipped step with NaN
+    gradients, and the learning rate changing every step as a schedule changes it; no graph breaks."""
+    NS_DTYPES["float64"] = torch.float64
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(6, 4), (6, 4), (3, 8), (3, 8)]
+    start = [torch.randn(shape, generator=gen, dtype=torch.float64) for shape in shapes]
+    models = {}
+    for compiled in (False, True):
+        params = [nn.Parameter(t.clone()) for t in start]
+        opt = Muon(
+            [{"params": params, "use_muon": True}],
+            lr=0.02,
+            weight_decay=0.1,
+            ns_dtype="float64",
+            compile_elementwise=compiled,
+        )
+        models[compiled] = (params, opt)
+    grads = [[torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes] for _ in range(6)]
+    compiled_after: dict[int, int] = {}
+    for step, step_grads in enumerate(grads):
+        skip = step == 2
+        for params, opt in models.values():
+            for p, g in zip(params, step_grads, strict=True):
+                p.grad = torch.full_like(g, float("nan")) if skip else g.clone()
+            opt.found_inf = torch.tensor(float(skip), dtype=torch.float64)
+            opt.param_groups[0]["lr"] = 0.02 / (step + 1)
+            opt.step()
+        compiled_after[step] = compile_count()
+    for eager, fused in zip(models[False][0], models[True][0], strict=True):
+        torch.testing.assert_close(fused, eager, rtol=0, atol=1e-10)
+        assert torch.isfinite(fused).all()
+    assert compiled_after[5] == compiled_after[3] > 0, compiled_after
+    assert not torch._dynamo.utils.counters["graph_break"]  # each call is one whole graph
+
+
+def past_the_recompile_limit_a_batch_runs_eagerly_and_still_right() -> None:
+    """The module's own limit governs (torch's default of 8 would be reached by a model with many
+    shapes), and going past it degrades to the eager run of the same rule instead of failing."""
+    compiled_elementwise.RECOMPILE_LIMIT = 1
+    torch._dynamo.reset()
+    before = compile_count()
+    for count in (2, 3):  # a list length of its own would need a graph of its own
+        params = random_matrices(4, count)
+        updates = torch.stack(random_matrices(5, count))
+        expected = [p.clone() for p in params]
+        apply_muon_updates(expected, updates, 0.01, 0.3)
+        compiled_elementwise.compiled_apply_updates(params, updates, 0.01, 0.3, None)
+        for got, want in zip(params, expected, strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    assert compile_count() == before + 1, (before, compile_count())
+
+
+CHECKS = {
+    check.__name__: check
+    for check in (
+        compiled_muon_equals_eager_muon_and_a_changing_lr_does_not_recompile,
+        past_the_recompile_limit_a_batch_runs_eagerly_and_still_right,
+    )
+}
+
+
+if __name__ == "__main__":
+    for name in sys.argv[1:] or CHECKS:
+        CHECKS[name]()
+        print(f"ok {name}", flush=True)
