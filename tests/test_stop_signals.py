@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
 
 import pytest
 
@@ -14,6 +15,15 @@ from pcpretrain.stop_signals import (
     outer_handler,
     restore_outer_handlers,
 )
+
+
+@pytest.fixture(autouse=True)
+def python_ctrl_c_handler() -> Iterator[None]:
+    """Start from Python's own Ctrl-C handler, as a command does, whatever an earlier test in this
+    process left installed; put that back afterwards."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 def test_a_signal_during_setup_raises_and_the_outer_handlers_are_kept_and_restored() -> None:
