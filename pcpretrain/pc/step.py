@@ -244,23 +244,22 @@ class PCStep:
             backward(surrogate)
 
     def _finish_group(self, group: _Group) -> None:
-        grads, grad_gammas = self._own_gradients(group)
         first = group.modules[0]
-        if rows_sharded(first.weight, group.world) and rows_sharded(first.pc_gamma, group.world):
-            # Each rank needs only its shard of every gradient: the owners' slices go out as shards
-            # (the reverse of the weights' redistribution), not whole to every rank.
-            rows, count = slice(group.start, group.end), len(group.modules)
-            grads = shards_of_own_slice(grads[rows], first.weight, count)
-            grad_gammas = shards_of_own_slice(grad_gammas[rows], first.pc_gamma, count)
+        if not (rows_sharded(first.weight, group.world) and rows_sharded(first.pc_gamma, group.world)):
+            grads, grad_gammas = self._group_gradients(group)
             for mod, grad_weight, grad_gamma in zip(group.modules, grads, grad_gammas, strict=True):
-                _add_grad_shard(mod.weight, grad_weight)
-                _add_grad_shard(mod.pc_gamma, grad_gamma)
+                _add_grad(mod.weight, grad_weight)
+                _add_grad(mod.pc_gamma, grad_gamma)
             return
-        broadcast_slices(grads, group.bounds)
-        broadcast_slices(grad_gammas, group.bounds)
+        # Each rank needs only its shard of every gradient: the owners' slices go out as shards (the
+        # reverse of the weights' redistribution), not whole to every rank.
+        grads, grad_gammas = self._own_gradients(group)
+        rows, count = slice(group.start, group.end), len(group.modules)
+        grads = shards_of_own_slice(grads[rows], first.weight, count)
+        grad_gammas = shards_of_own_slice(grad_gammas[rows], first.pc_gamma, count)
         for mod, grad_weight, grad_gamma in zip(group.modules, grads, grad_gammas, strict=True):
-            _add_grad(mod.weight, grad_weight)
-            _add_grad(mod.pc_gamma, grad_gamma)
+            _add_grad_shard(mod.weight, grad_weight)
+            _add_grad_shard(mod.pc_gamma, grad_gamma)
 
     def _group_gradients(self, group: _Group) -> tuple[Tensor, Tensor]:
         """The whole gradients of the group's weights and gammas, identical on every rank."""
