@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from optim.compiled_muon_checks import random_matrices
 from torch import Tensor
 
 from pcpretrain.optim.compiled_elementwise import (
@@ -19,11 +20,6 @@ from pcpretrain.optim.compiled_elementwise import (
 from pcpretrain.optim.muon import apply_muon_updates, momentum_directions
 
 SHAPE, COUNT, MOMENTUM = (5, 7), 4, 0.9
-
-
-def tensors(seed: int, count: int = COUNT) -> list[Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(SHAPE, generator=gen, dtype=torch.float64) for _ in range(count)]
 
 
 def flags(flag: float | None) -> Tensor | None:
@@ -36,7 +32,7 @@ def flags(flag: float | None) -> Tensor | None:
 def test_momentum_directions_follow_the_eager_rule(
     rows: tuple[int, int], nesterov: bool, flag: float | None
 ) -> None:
-    grads, bufs = tensors(0), tensors(1)
+    grads, bufs = random_matrices(0, COUNT, SHAPE), random_matrices(1, COUNT, SHAPE)
     if flag == 1.0:
         grads[1][2, 3] = float("nan")
         grads[2][0, 0] = float("inf")
@@ -54,8 +50,8 @@ def test_momentum_directions_follow_the_eager_rule(
 
 @pytest.mark.parametrize("flag", [None, 0.0, 1.0])
 def test_apply_updates_follows_the_eager_rule(flag: float | None) -> None:
-    params = tensors(2)
-    updates = torch.stack(tensors(3)).to(torch.float32)
+    params = random_matrices(2, COUNT, SHAPE)
+    updates = torch.stack(random_matrices(3, COUNT, SHAPE)).to(torch.float32)
     eager, fused = [p.clone() for p in params], [p.clone() for p in params]
     apply_muon_updates(eager, updates, 0.01, 0.3, flags(flag))
     per_matrix_apply_updates(fused, updates, 0.01, 0.3, flags(flag))
