@@ -4,19 +4,23 @@ Run eagerly with multi-tensor kernels, the momentum step, the Nesterov direction
 about 18 passes over float32 parameter-sized data per step: the gradients are stacked (2), masked for
 a non-finite step (2), the buffers scaled and added to (5), the directions formed (3), the updates
 converted and masked (1.5) and the parameters decayed and stepped (5). Each kernel reads what the last
-one wrote. Written here per matrix with ``torch.where`` for the ``found_inf`` mask, inductor fuses
-each matrix's chain: gradient and buffer in, buffer and direction out (4 passes), then parameter and
-low-precision update in, parameter out (2.5). The rule and the ``found_inf`` guarantee are those of
-:mod:`pcpretrain.optim.muon`'s eager functions, which the tests compare these with: a flagged step
-changes nothing, and its (possibly NaN) gradients reach no state.
+one wrote. Written here for one matrix with ``torch.where`` for the ``found_inf`` mask, inductor fuses
+the chain: gradient and buffer in, buffer and direction out (4 passes, the direction written straight
+into its row of the stack), then parameter and low-precision update in, parameter out (2.5). The rule
+and the ``found_inf`` guarantee are those of :mod:`pcpretrain.optim.muon`'s eager functions, which the
+tests compare these with: a flagged step changes nothing, and its (possibly NaN) gradients reach no
+state.
 
-The functions are plain PyTorch and also run eagerly (slowly); ``compiled_momentum_directions`` and
-``compiled_apply_updates`` are their compiled forms. Floats (learning rate, decay) are traced as
-symbols after their first change, so a learning-rate schedule does not recompile; each distinct list
-length, row slice and dtype compiles once, so a model with many matrix shapes compiles more graphs
-than torch's default limit of 8 per function (:data:`RECOMPILE_LIMIT` here). Past that limit a batch
-runs the same functions eagerly, correct but slow; it never fails. Unlike the multi-tensor kernels, the
-generated code launches one kernel per matrix, each a full pass at memory bandwidth.
+What is compiled is the one-matrix kernel, not the loop over a batch: a graph of a whole batch would
+unroll its loop, depend on the batch's length and the learning rate, and take minutes to compile at
+Llama-1B (it did, on an H100: compiling through the measured steps cost 25x the step). One matrix's
+graph compiles in about a second; the second shape it sees makes its sizes symbolic, and the first
+change of a float (the learning rate, the decay) makes that float symbolic, so a model compiles a
+handful of graphs per kernel in its first two steps and none after. Past :data:`RECOMPILE_LIMIT`
+graphs a kernel runs the same rule eagerly, correct but slow; it never fails.
+
+The batch functions are plain PyTorch and also run eagerly (slowly); ``compiled_momentum_directions``
+and ``compiled_apply_updates`` are their compiled forms.
 """
 
 from __future__ import annotations
@@ -28,9 +32,37 @@ from typing import Any
 import torch
 from torch import Tensor
 
-# Graphs each function may compile: about two per batch of same-shaped matrices (batch size, this
-# rank's rows, with and without a found_inf flag), with room for the many shapes of unusual models.
+# Graphs each kernel may compile: a few per dtype (with and without a found_inf flag, with and without
+# a direction to write, static then symbolic sizes and floats), with room for unusual models.
 RECOMPILE_LIMIT = 64
+
+
+def momentum_direction(
+    grad: Tensor,
+    buf: Tensor,
+    momentum: float,
+    nesterov: bool,
+    found_inf: Tensor | None,
+    direction: Tensor | None,
+) -> None:
+    """``buf <- momentum * buf + grad``, and into ``direction`` (if given) ``grad + momentum * buf``
+    with Nesterov, else ``buf``; where ``found_inf`` is 1 the buffer stays and the gradient counts as 0."""
+    skip = None if found_inf is None else found_inf.bool()
+    if skip is not None:
+        grad = torch.where(skip, 0.0, grad)
+    new_buf = buf * momentum + grad
+    if skip is not None:
+        new_buf = torch.where(skip, buf, new_buf)
+    buf.copy_(new_buf)
+    if direction is not None:
+        direction.copy_(grad + momentum * new_buf if nesterov else new_buf)
+
+
+def apply_update(param: Tensor, update: Tensor, decay: float, step: float, found_inf: Tensor | None) -> None:
+    """``param <- (1 - decay) param - step * update`` (``update`` converted to the parameter's dtype on
+    the fly); nothing changes where ``found_inf`` is 1."""
+    new = param * (1.0 - decay) - step * update.to(param.dtype)
+    param.copy_(new if found_inf is None else torch.where(found_inf.bool(), param, new))
 
 
 def per_matrix_momentum_directions(
@@ -40,48 +72,44 @@ def per_matrix_momentum_directions(
     nesterov: bool,
     found_inf: Tensor | None,
     rows: tuple[int, int],
+    kernel: Callable[..., None] = momentum_direction,
 ) -> Tensor:
-    """``buf <- momentum * buf + grad`` for every buffer, and the stacked directions of ``rows``
-    (``grad + momentum * buf`` with Nesterov, else ``buf``); where ``found_inf`` is 1 the buffers
-    stay as they were and the gradients count as zeros."""
-    skip = None if found_inf is None else found_inf.bool()
+    """:func:`momentum_direction` for every buffer of a batch, and the stacked directions of ``rows``
+    (``(start, end)``), written by ``kernel`` (eager or compiled) into their rows of the stack."""
     start, end = rows
-    directions = []
+    directions = grads[0].new_empty((end - start, *grads[0].shape))
     for index, (grad, buf) in enumerate(zip(grads, bufs, strict=True)):
-        if skip is not None:
-            grad = torch.where(skip, 0.0, grad)
-        new_buf = buf * momentum + grad
-        if skip is not None:
-            new_buf = torch.where(skip, buf, new_buf)
-        buf.copy_(new_buf)
-        if start <= index < end:
-            directions.append(grad + momentum * new_buf if nesterov else new_buf)
-    if not directions:
-        return grads[0].new_empty((0, *grads[0].shape))
-    return torch.stack(directions)
+        row = directions[index - start] if start <= index < end else None
+        kernel(grad, buf, momentum, nesterov, found_inf, row)
+    return directions
 
 
 def per_matrix_apply_updates(
-    params: list[Tensor], updates: Tensor, decay: float, step: float, found_inf: Tensor | None
+    params: list[Tensor],
+    updates: Tensor,
+    decay: float,
+    step: float,
+    found_inf: Tensor | None,
+    kernel: Callable[..., None] = apply_update,
 ) -> None:
-    """``param <- (1 - decay) param - step * update`` for each matrix (``updates`` a stack, converted
-    to the parameters' dtype on the fly); nothing changes where ``found_inf`` is 1."""
+    """:func:`apply_update` for each matrix of a batch and its row of the stack ``updates``."""
     for param, update in zip(params, updates.unbind(0), strict=True):
-        new = param * (1.0 - decay) - step * update.to(param.dtype)
-        param.copy_(new if found_inf is None else torch.where(found_inf.bool(), param, new))
+        # Detached: torch.compile keeps a Parameter's sizes static, one graph per shape.
+        kernel(param.detach(), update, decay, step, found_inf)
 
 
-def _compiled(function: Callable[..., Any]) -> Callable[..., Any]:
-    """``function`` through torch.compile, under this module's recompile limit (torch's is global)."""
-    compiled = torch.compile(function)
+def _compiled_batches(batch_function: Callable[..., Any], kernel: Callable[..., None]) -> Callable[..., Any]:
+    """``batch_function`` calling ``kernel`` through torch.compile, under this module's recompile limit
+    (torch's is global)."""
+    compiled_kernel = torch.compile(kernel)
 
-    @functools.wraps(function)
+    @functools.wraps(batch_function)
     def run(*args: Any) -> Any:
         with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
-            return compiled(*args)
+            return batch_function(*args, kernel=compiled_kernel)
 
     return run
 
 
-compiled_momentum_directions = _compiled(per_matrix_momentum_directions)
-compiled_apply_updates = _compiled(per_matrix_apply_updates)
+compiled_momentum_directions = _compiled_batches(per_matrix_momentum_directions, momentum_direction)
+compiled_apply_updates = _compiled_batches(per_matrix_apply_updates, apply_update)

@@ -60,24 +60,25 @@ def compiled_muon_equals_eager_muon_and_a_changing_lr_does_not_recompile() -> No
     for eager, fused in zip(models[False][0], models[True][0], strict=True):
         torch.testing.assert_close(fused, eager, rtol=0, atol=1e-10)
         assert torch.isfinite(fused).all()
-    assert compiled_after[5] == compiled_after[3] > 0, compiled_after
+    # Every graph is compiled in the first two steps: the second learning rate makes the floats symbolic.
+    assert compiled_after[5] == compiled_after[1] > 0, compiled_after
     assert not torch._dynamo.utils.counters["graph_break"]  # each call is one whole graph
 
 
 def past_the_recompile_limit_a_batch_runs_eagerly_and_still_right() -> None:
     """The module's own limit governs (torch's default of 8 would be reached by a model with many
-    shapes), and going past it degrades to the eager run of the same rule instead of failing."""
+    dtypes and flags), and going past it degrades to the eager run of the same rule instead of failing."""
     compiled_elementwise.RECOMPILE_LIMIT = 1
     torch._dynamo.reset()
     before = compile_count()
-    for count in (2, 3):  # a list length of its own would need a graph of its own
-        params = random_matrices(4, count)
-        updates = torch.stack(random_matrices(5, count))
+    for dtype in (torch.float64, torch.float32):  # a dtype of its own needs a graph of its own
+        params = [p.to(dtype) for p in random_matrices(4, 2)]
+        updates = torch.stack(random_matrices(5, 2))
         expected = [p.clone() for p in params]
         apply_muon_updates(expected, updates, 0.01, 0.3)
         compiled_elementwise.compiled_apply_updates(params, updates, 0.01, 0.3, None)
         for got, want in zip(params, expected, strict=True):
-            torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-12 if dtype == torch.float64 else 1e-6)
     assert compile_count() == before + 1, (before, compile_count())
 
 
