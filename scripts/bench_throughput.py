@@ -9,6 +9,7 @@ and the others still run; the exit status is then 1.
     python scripts/bench_throughput.py                              # Llama-1B on the GPU: the issue's table
     python scripts/bench_throughput.py --variants baseline pc4 pc4-forward --micro-batches 10
     python scripts/bench_throughput.py --tiny                        # a seconds-long smoke run on a CPU
+    python scripts/bench_throughput.py --variants pc4 --profile prof  # + prof/pc4/: trace, phases, top ops
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from hydra import compose, initialize_config_dir
 from pcpretrain.config import TrainConfig, register_configs, to_train_config
 from pcpretrain.model import flops_per_token, peak_flops
 from pcpretrain.train.callbacks.base import Callback
+from pcpretrain.train.callbacks.profiler import Profiler
 from pcpretrain.train.engine import build_accelerator
 from pcpretrain.train.run import build_training_parts
 from pcpretrain.train.state import TrainState
@@ -132,8 +134,12 @@ def variant_config(overrides: list[str]) -> TrainConfig:
         return to_train_config(compose(config_name="train", overrides=["~experiment", *overrides]))
 
 
-def run_variant(name: str, cfg: TrainConfig, micro_batches: int, warmup: int, steps: int) -> Result:
-    """Throughput over ``steps`` steps after ``warmup``; then ``steps`` more with the optimizer timed."""
+def run_variant(
+    name: str, cfg: TrainConfig, micro_batches: int, warmup: int, steps: int, profile_dir: Path | None = None
+) -> Result:
+    """Throughput over ``steps`` steps after ``warmup``; then ``steps`` more with the optimizer timed.
+    With ``profile_dir``, the very last step (outside the throughput's timing) is profiled into
+    ``profile_dir / name`` as ``trainer.profile`` does it."""
     accelerator = build_accelerator(cfg)
     device = accelerator.device
     start_gib = torch.cuda.memory_allocated() / 2**30 if device.type == "cuda" else None
@@ -141,6 +147,8 @@ def run_variant(name: str, cfg: TrainConfig, micro_batches: int, warmup: int, st
     torch.manual_seed(0)
     parts = build_training_parts(cfg, accelerator, vocab)
     timer = StepTimer(device, warmup)
+    last = warmup + 2 * steps
+    profilers = [Profiler((last, last), [0], profile_dir / name)] if profile_dir else []
     trainer = Trainer(
         accelerator=accelerator,
         model=parts.model,
@@ -150,19 +158,19 @@ def run_variant(name: str, cfg: TrainConfig, micro_batches: int, warmup: int, st
             micro_batches, cfg.trainer.micro_batch_size, cfg.data.seq_len, vocab, device
         ),
         state=TrainState(),
-        max_steps=warmup + 2 * steps,
+        max_steps=last,
         stop_at=warmup + steps,
         grad_clip=cfg.trainer.grad_clip,
         loss_chunk_tokens=cfg.trainer.loss_chunk_tokens,
         pc_step=parts.pc_step,
-        callbacks=[timer],
+        callbacks=[*profilers, timer],
     )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     trainer.fit()
     step_time = (timer.end - timer.start) / steps
     optimizer_timer = OptimizerTimer(parts.optimizer, device)
-    trainer.last_step = warmup + 2 * steps
+    trainer.last_step = last
     trainer.fit()
     tokens_per_s = micro_batches * cfg.trainer.micro_batch_size * cfg.data.seq_len / step_time
     peak = peak_flops(device)
@@ -192,7 +200,12 @@ def release_memory() -> None:
 
 
 def run_variants(
-    names: list[str], common: list[str], micro_batches: int, warmup: int, steps: int
+    names: list[str],
+    common: list[str],
+    micro_batches: int,
+    warmup: int,
+    steps: int,
+    profile_dir: Path | None = None,
 ) -> tuple[list[Result], dict[str, str]]:
     """Each variant's result, and for those that failed their error, so that one failure (an
     out-of-memory variant, a compile error) does not lose the others' figures."""
@@ -200,7 +213,7 @@ def run_variants(
     for name in names:
         cfg = variant_config([*common, *VARIANTS[name]])
         try:
-            result = run_variant(name, cfg, micro_batches, warmup, steps)
+            result = run_variant(name, cfg, micro_batches, warmup, steps, profile_dir)
         except Exception as error:
             traceback.print_exc()
             message = str(error).strip()
@@ -254,6 +267,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--set", nargs="*", default=[], help="extra config overrides for every variant")
     parser.add_argument("--tiny", action="store_true", help="tiny model, short sequences: a CPU smoke run")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="profile each variant's last step (untimed) into DIR/<variant>/: trace, phases, top ops",
+    )
     args = parser.parse_args()
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
@@ -269,7 +288,9 @@ def main() -> None:
         "distributed=single",
         *args.set,
     ]
-    results, failures = run_variants(args.variants, common, args.micro_batches, args.warmup, args.steps)
+    results, failures = run_variants(
+        args.variants, common, args.micro_batches, args.warmup, args.steps, args.profile
+    )
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     model = "tiny" if args.tiny else args.model
     print(

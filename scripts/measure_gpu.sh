@@ -8,9 +8,12 @@
 #   pc_step, pc_step_bf16   the PC phases alone (bench_pc_step.py), TF32 and with pc.bf16_products
 #   optimizer               AdamW and Muon (standard or Gram Newton-Schulz, eager or compiled), the step alone
 #   numerics                the transform's error against float64 on the GPU (pc_numerics.py)
-#   throughput              baseline, pc4, pc4-bf16, muon-gram-compiled, muon-pc2, muon-pc2-fast side by
-#                           side, 4 micro-batches: the table with and without the fast options
-#   throughput_muon         baseline, muon, muon-gram, muon-gram-compiled: what each Muon option gives
+#   throughput              baseline, pc4, pc4-bf16, muon, muon-gram, muon-gram-compiled, muon-pc2,
+#                           muon-pc2-fast side by side, 4 micro-batches: the table with and
+#                           without each fast option (about 30 s a variant on an H100, more with compile)
+#   profile                 one profiled step of baseline, pc4-bf16, muon-gram-compiled, muon-pc2-fast:
+#                           <out>/profile/<variant>/top_ops_*.txt, time per step phase, then top ops
+#                           (the traces are deleted: too large to bring back from a lent machine)
 #   throughput_10mb         baseline, pc4, pc4-bf16 at 10 micro-batches
 #   gpu_tests               tests/train/test_gpu.py (needs pytest and pytest-xdist)
 # A variant's peak memory is its own only if "start GiB" reads ~0 in the throughput tables; otherwise
@@ -20,7 +23,7 @@ cd "$(dirname "$0")/.."
 out="${1:-gpu-measurements}"
 shift || true
 names=("$@")
-[ ${#names[@]} -eq 0 ] && names=(pc_step pc_step_bf16 optimizer numerics throughput throughput_muon throughput_10mb gpu_tests)
+[ ${#names[@]} -eq 0 ] && names=(throughput profile throughput_10mb pc_step pc_step_bf16 optimizer numerics gpu_tests)
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader >"$out/device.txt" 2>&1
 
@@ -40,13 +43,14 @@ for name in "${names[@]}"; do
         optimizer) run "$name" 240 python scripts/bench_optimizer.py --steps 5 --warmup 2 ;;
         numerics) run "$name" 120 python scripts/pc_numerics.py ;;
         throughput)
-            run "$name" 570 python scripts/bench_throughput.py --steps 4 --warmup 2 \
-                --variants baseline pc4 pc4-bf16 muon-gram-compiled muon-pc2 muon-pc2-fast ;;
-        throughput_muon)
-            run "$name" 480 python scripts/bench_throughput.py --steps 4 --warmup 2 \
-                --variants baseline muon muon-gram muon-gram-compiled ;;
+            run "$name" 480 python scripts/bench_throughput.py --steps 4 --warmup 2 --variants baseline \
+                pc4 pc4-bf16 muon muon-gram muon-gram-compiled muon-pc2 muon-pc2-fast ;;
+        profile)
+            run "$name" 240 python scripts/bench_throughput.py --steps 1 --warmup 2 \
+                --variants baseline pc4-bf16 muon-gram-compiled muon-pc2-fast --profile "$out/profile"
+            find "$out/profile" -name 'trace_*.json' -delete ;;
         throughput_10mb)
-            run "$name" 300 python scripts/bench_throughput.py --steps 3 --warmup 2 --micro-batches 10 \
+            run "$name" 240 python scripts/bench_throughput.py --steps 3 --warmup 2 --micro-batches 10 \
                 --variants baseline pc4 pc4-bf16 ;;
         gpu_tests) run "$name" 240 python -m pytest -q -p no:cacheprovider -n 0 tests/train/test_gpu.py ;;
         *) echo "unknown measurement $name" >&2 ;;

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import sys
 import weakref
+from pathlib import Path
 
 import pytest
 from helpers import load_script, run_script
@@ -14,15 +15,21 @@ from pcpretrain.train.run import build_training_parts
 pytestmark = pytest.mark.slow
 
 
-def test_bench_throughput_tiny_reports_every_variant_against_the_baseline() -> None:
+def test_bench_throughput_tiny_reports_every_variant_against_the_baseline(tmp_path: Path) -> None:
+    """Also profiles each variant's last step: the phases' table says where PC's time goes."""
     variants = ["baseline", "pc4", "pc4-forward", "pc4-bf16", "muon-pc2", "muon-pc2-fast"]
-    result = run_script("bench_throughput.py", "--tiny", "--variants", *variants)
+    result = run_script("bench_throughput.py", "--tiny", "--variants", *variants, "--profile", str(tmp_path))
     lines = result.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("variant"))
     rows = {line.split()[0]: line.split() for line in lines[header + 1 :]}
     assert list(rows) == variants
     assert rows["baseline"][-1] == "1.000"
     assert all(float(row[1].replace(",", "")) > 0 for row in rows.values())
+    for variant in variants:
+        (table,) = (tmp_path / variant).glob("top_ops_rank0_steps*.txt")
+        phases = table.read_text().split("\n\n")[0]
+        assert "micro-batches" in phases and "optimizer" in phases
+        assert ("pc spectral update" in phases) == (variant != "baseline")
 
 
 def test_bench_throughput_rejects_an_unknown_variant() -> None:

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TOP_OPS_ROWS = 40
+# The Trainer labels each phase of a step with torch.profiler.record_function("phase: <name>").
+PHASE_PREFIX = "phase: "
 
 
 class Profiler(Callback):
@@ -28,8 +30,10 @@ class Profiler(Callback):
 
     The profiler starts before the first chosen step and stops after the last one, or at the run's
     end or error if it stops sooner. Then ``out_dir`` receives ``trace_rank<R>_steps<A>-<B>.json``
-    (Chrome/Perfetto) and ``top_ops_rank<R>_steps<A>-<B>.txt`` (ops by self device time when CUDA was
-    profiled, else self CPU time), A-B being the steps actually profiled.
+    (Chrome/Perfetto) and ``top_ops_rank<R>_steps<A>-<B>.txt``: the time per step of each of the
+    Trainer's phases (its ``phase: ...`` labels: PC begin, micro-batches, PC finish, clip, optimizer,
+    spectral update), then the ops by self device time when CUDA was profiled, else self CPU time;
+    A-B being the steps actually profiled.
 
     Put it first in the callback list, before the speed monitor: the files are written at the next
     step's start, which is then outside any step's measured time.
@@ -128,7 +132,9 @@ class Profiler(Callback):
         table = self.out_dir / f"top_ops_{tag}.txt"
         done.export_chrome_trace(str(trace))
         sort_by = "self_device_time_total" if self._cuda else "self_cpu_time_total"
-        table.write_text(done.key_averages().table(sort_by=sort_by, row_limit=TOP_OPS_ROWS) + "\n")
+        averages = done.key_averages()
+        phases = phase_table(averages, self._to - self._from + 1, self._cuda)
+        table.write_text(phases + averages.table(sort_by=sort_by, row_limit=TOP_OPS_ROWS) + "\n")
         self.files += [trace, table]
         log.info(
             "profile of steps %d-%d (rank %d): %s (open it at https://ui.perfetto.dev); top ops: %s",
@@ -138,3 +144,20 @@ class Profiler(Callback):
             trace,
             table,
         )
+
+
+def phase_table(averages: Any, steps: int, cuda: bool) -> str:
+    """Milliseconds per step in each ``phase: ...`` range (host time, and device time of the kernels
+    launched inside it when CUDA was profiled): where a slow step's time goes, before the op detail."""
+    rows = sorted((e for e in averages if e.key.startswith(PHASE_PREFIX)), key=lambda e: -e.cpu_time_total)
+    if not rows:
+        return ""
+    width = max(len(e.key) for e in rows) - len(PHASE_PREFIX)
+    header = f"{'phase':{width}}  {'host ms/step':>12}" + (f"  {'device ms/step':>14}" if cuda else "")
+    lines = [header]
+    for event in rows:
+        line = f"{event.key[len(PHASE_PREFIX) :]:{width}}  {event.cpu_time_total / 1e3 / steps:12.2f}"
+        if cuda:
+            line += f"  {event.device_time_total / 1e3 / steps:14.2f}"
+        lines.append(line)
+    return "\n".join(lines) + "\n\n"

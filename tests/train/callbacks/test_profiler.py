@@ -115,11 +115,22 @@ def test_profile_is_off_by_default_and_valid_on_other_ranks_of_a_larger_run() ->
 @pytest.mark.slow
 def test_cli_run_writes_the_trace_of_the_chosen_steps(tmp_path: Path) -> None:
     result = run_cli(
-        "train", *TINY_OVERRIDES, "trainer.max_steps=3", "trainer.profile=2-3", f"run.dir={tmp_path}"
+        "train",
+        *TINY_OVERRIDES,
+        "pc.degree=2",
+        "trainer.max_steps=3",
+        "trainer.profile=2-3",
+        f"run.dir={tmp_path}",
     )
     trace = tmp_path / "profile" / "trace_rank0_steps2-3.json"
     assert json.loads(trace.read_text())["traceEvents"]
-    assert "aten::" in (tmp_path / "profile" / "top_ops_rank0_steps2-3.txt").read_text()
+    table = (tmp_path / "profile" / "top_ops_rank0_steps2-3.txt").read_text()
+    assert "aten::" in table
+    phases = table.split("\n\n")[0].splitlines()
+    assert phases[0].split()[:3] == ["phase", "host", "ms/step"]
+    names = {line.rsplit(maxsplit=1)[0].strip() for line in phases[1:]}
+    assert names == {"pc begin", "micro-batches", "pc finish", "clip", "optimizer", "pc spectral update"}
+    assert all(float(line.split()[-1]) > 0 for line in phases[1:])
     assert "https://ui.perfetto.dev" in result.stdout + result.stderr
     assert sorted(p.name for p in (tmp_path / "profile").iterdir()) == [
         "top_ops_rank0_steps2-3.txt",
