@@ -29,19 +29,31 @@ def add_matmul_(out: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return out.addmm_(a, b) if out.ndim == 2 else out.baddbmm_(a, b)
 
 
+def _add_to_diagonal_(matrix: Tensor, value: float) -> Tensor:
+    """``matrix += value * I`` in place, per matrix of a stack: touches n elements, not n^2."""
+    matrix.diagonal(dim1=-2, dim2=-1).add_(value)
+    return matrix
+
+
 def _horner_terms(gram: Tensor, coeffs: tuple[float, ...], keep_all: bool) -> list[Tensor]:
     """Horner's partial polynomials h_i = c_i I + G h_{i+1} (h_k = c_k I), as [h_0, ..., h_{k-1}].
 
     h_0 is q_k(G). The gradient needs every h_i; the forward pass only h_0, so it drops the others
-    as it goes (``keep_all=False`` returns [h_0]).
+    as it goes (``keep_all=False`` returns [h_0]). Each step is one matrix product and an addition to
+    its diagonal: no identity matrix is formed, and nothing else passes over the n x n matrices.
     """
-    eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
-    h = coeffs[-1] * gram + coeffs[-2] * eye
+    h = _add_to_diagonal_(gram * coeffs[-1], coeffs[-2])
     terms = [h]
     for c in reversed(coeffs[:-2]):
-        h = gram @ h + c * eye
+        h = _add_to_diagonal_(gram @ h, c)
         terms = [h, *terms] if keep_all else [h]
     return terms
+
+
+def _inner(a: Tensor, b: Tensor) -> Tensor:
+    """<a, b> per matrix of a stack (shape ``a.shape[:-2]``): a row-times-column product per matrix, which
+    reads both once and writes no elementwise product."""
+    return (a.flatten(-2).unsqueeze(-2) @ b.flatten(-2).unsqueeze(-1)).reshape(a.shape[:-2])
 
 
 def is_tall(x: Tensor) -> bool:
@@ -132,14 +144,17 @@ def polynomial_map_vjp(
     x, grad = _in(product_dtype, x, grad)
     xt, gt = (x, grad) if tall else (x.mT, grad.mT)
     a = _scaled((xt.mT @ gt).to(gram.dtype), scale)
-    inner = (a * terms[0]).sum(dim=(-2, -1))
-    b = torch.zeros_like(a)
-    for h_next in terms[1:]:
-        add_matmul_(b, a, h_next)
-        a = gram @ a
-    b += coeffs[-1] * a
+    inner = _inner(a, terms[0])
+    if len(terms) == 1:
+        b = a * coeffs[-1]
+    else:
+        b = a @ terms[1]
+        for h_next in terms[2:]:
+            a = gram @ a
+            add_matmul_(b, a, h_next)
+        b.add_(gram @ a, alpha=coeffs[-1])
     sym = b + b.mT
-    along_x = inner + (sym * gram).sum(dim=(-2, -1))
+    along_x = inner + _inner(sym, gram)
     q, sym = _in(product_dtype, _scaled(terms[0], out_scale), _scaled(sym, _factor(scale, out_scale)))
     # Both q(G) and B + B^T are symmetric, so the wide case's transpose is formed directly (contiguous).
     if tall:
