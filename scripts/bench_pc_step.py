@@ -2,8 +2,10 @@
 
 Builds the model's PC layers at a model config's shapes (default: the paper's 1B, PC degree 4), feeds
 ``begin`` / ``finish`` / ``update_spectral`` of :class:`pcpretrain.pc.step.PCStep` random gradients,
-and prints milliseconds per phase, the matmul FLOPs each phase does and the rate it reached. On a GPU
-the transform runs as in training (TF32 unless ``--no-tf32``, W_eff kept in bf16).
+and prints milliseconds per phase, the matmul FLOPs each phase does and the rate it reached, and the
+gigabytes its other ops read and write (counted per aten op in one more, untimed step): the two
+floors, compute and memory traffic, to hold the time against. On a GPU the transform runs as in
+training (TF32 unless ``--no-tf32``, W_eff kept in bf16).
 
     python scripts/bench_pc_step.py                          # 1B shapes on the GPU
     python scripts/bench_pc_step.py --model 271M --layers 2  # a CPU-sized slice with the 1B aspect ratios
@@ -18,6 +20,8 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from pcpretrain import pc
 from pcpretrain.config import register_configs, to_train_config
@@ -26,6 +30,24 @@ from pcpretrain.pc.layers import PCLinear, pc_modules
 from pcpretrain.pc.step import PCStep
 
 CONFIGS = Path(__file__).resolve().parents[1] / "pcpretrain" / "configs"
+MATMULS = {"mm", "bmm", "addmm", "addmm_", "baddbmm", "baddbmm_", "mv", "addmv", "addmv_", "dot"}
+
+
+class TrafficCounter(TorchDispatchMode):
+    """Bytes read and written by every op that is not a matrix product (its tensor arguments and
+    results, counted whole; ops that make views move nothing). The bandwidth floor of a phase: the
+    matrix products have their FLOP floor, and everything else has to stream through memory."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket.__name__ not in MATMULS and not func.is_view:
+            tensors = [t for t in tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)]
+            self.bytes += sum(t.numel() * t.element_size() for t in tensors)
+        return out
 
 
 def horner_products(degree: int) -> int:
@@ -110,14 +132,26 @@ def main() -> None:
             for name, value in (("begin", begin), ("finish", finish), ("spectral", spectral)):
                 seconds[name] += value / args.steps
 
+    traffic = {}
+    for name, phase in (("begin", step.begin), ("finish", step.finish), ("spectral", step.update_spectral)):
+        if name == "finish":
+            accumulate()
+        with TrafficCounter() as counter:
+            phase()
+        traffic[name] = counter.bytes
+        for layer in layers:
+            layer.weight.grad = layer.pc_gamma.grad = None
+
     flops = phase_flops(layers, args.degree)
     shapes = sorted({tuple(layer.weight.shape) for layer in layers})
     print(f"{len(layers)} PC layers, shapes {shapes}, degree {args.degree}, {device.type}")
     seconds["total"] = sum(seconds.values())
     flops["total"] = sum(flops.values())
-    print(f"{'phase':<10}{'ms':>10}{'GFLOP':>12}{'TFLOP/s':>10}")
+    traffic["total"] = sum(traffic.values())
+    print(f"{'phase':<10}{'ms':>10}{'GFLOP':>12}{'TFLOP/s':>10}{'other GB':>10}")
     for name, value in seconds.items():
-        print(f"{name:<10}{value * 1e3:>10.1f}{flops[name] / 1e9:>12.3f}{flops[name] / value / 1e12:>10.2f}")
+        rate, gigabytes = flops[name] / value / 1e12, traffic[name] / 1e9
+        print(f"{name:<10}{value * 1e3:>10.1f}{flops[name] / 1e9:>12.3f}{rate:>10.2f}{gigabytes:>10.3f}")
 
 
 if __name__ == "__main__":
