@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from pcpretrain.optim import compiled_elementwise
-from pcpretrain.optim.muon import NS_DTYPES, Muon, apply_muon_updates
+from pcpretrain.optim.muon import NS_DTYPES, Muon, apply_muon_updates, momentum_directions
 
 
 def compile_count() -> int:
@@ -65,6 +65,25 @@ def compiled_muon_equals_eager_muon_and_a_changing_lr_does_not_recompile() -> No
     assert not torch._dynamo.utils.counters["graph_break"]  # each call is one whole graph
 
 
+def a_rank_slice_of_directions_follows_the_eager_rule() -> None:
+    """A data-parallel rank's batch: every buffer steps, only the rows of its slice get a direction
+    (the compiled kernel's graph without a direction to write), with and without a skipped step."""
+    before = compile_count()
+    for rows, flag in (((1, 3), 0.0), ((0, 0), None), ((2, 4), 1.0)):
+        grads, bufs = random_matrices(6, 4), random_matrices(7, 4)
+        found_inf = None if flag is None else torch.tensor(flag, dtype=torch.float64)
+        eager_bufs, compiled_bufs = [b.clone() for b in bufs], [b.clone() for b in bufs]
+        expected = momentum_directions(grads, eager_bufs, 0.9, True, found_inf, rows)
+        got = compiled_elementwise.compiled_momentum_directions(
+            grads, compiled_bufs, 0.9, True, found_inf, rows
+        )
+        assert got.shape == expected.shape == (rows[1] - rows[0], 5, 7)
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+        for eager_buf, compiled_buf in zip(eager_bufs, compiled_bufs, strict=True):
+            torch.testing.assert_close(compiled_buf, eager_buf, rtol=0, atol=1e-12)
+    assert compile_count() > before  # compiled, not run eagerly
+
+
 def past_the_recompile_limit_a_batch_runs_eagerly_and_still_right() -> None:
     """The module's own limit governs (torch's default of 8 would be reached by a model with many
     dtypes and flags), and going past it degrades to the eager run of the same rule instead of failing."""
@@ -86,6 +105,7 @@ CHECKS = {
     check.__name__: check
     for check in (
         compiled_muon_equals_eager_muon_and_a_changing_lr_does_not_recompile,
+        a_rank_slice_of_directions_follows_the_eager_rule,
         past_the_recompile_limit_a_batch_runs_eagerly_and_still_right,
     )
 }
