@@ -12,12 +12,13 @@ tests compare these with: a flagged step changes nothing, and its (possibly NaN)
 state.
 
 What is compiled is the one-matrix kernel, not the loop over a batch: a graph of a whole batch would
-unroll its loop, depend on the batch's length and the learning rate, and take minutes to compile at
-Llama-1B (it did, on an H100: compiling through the measured steps cost 25x the step). One matrix's
-graph compiles in about a second; the second shape it sees makes its sizes symbolic, and the first
-change of a float (the learning rate, the decay) makes that float symbolic, so a model compiles a
-handful of graphs per kernel in its first two steps and none after. Past :data:`RECOMPILE_LIMIT`
-graphs a kernel runs the same rule eagerly, correct but slow; it never fails.
+unroll its loop, depend on the batch's length and the learning rate, and take long to compile at
+Llama-1B (such whole-batch graphs ran at 0.04 of the baseline's throughput on an H100, most likely
+still compiling in the measured steps). One matrix's graph compiles in about a second; the second
+shape it sees makes its sizes symbolic, and the first change of a float (the learning rate, the
+decay) makes that float symbolic, so a model compiles a handful of graphs per kernel in its first two
+steps and none after. Past :data:`RECOMPILE_LIMIT` graphs a kernel runs the same rule eagerly,
+correct but slow; it never fails.
 
 The batch functions are plain PyTorch and also run eagerly (slowly); ``compiled_momentum_directions``
 and ``compiled_apply_updates`` are their compiled forms.
