@@ -13,14 +13,13 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from torch import Tensor, nn
-from torch.profiler import record_function
 
 from pcpretrain.choices import LOSS_CHUNK_TOKENS
 from pcpretrain.compat import zero3_copy_next_gradients
 from pcpretrain.pc import PCStep
 from pcpretrain.sharding import full_tensor
 from pcpretrain.train.callbacks.base import Callback
-from pcpretrain.train.callbacks.profiler import PHASE_PREFIX
+from pcpretrain.train.callbacks.profiler import phase
 from pcpretrain.train.loss import causal_lm_loss
 from pcpretrain.train.state import TrainState
 from pcpretrain.train.step_values import StepValueMonitor, check_finite_now
@@ -135,31 +134,31 @@ class Trainer:
         self.model.train()
         micro_batches = self.train_batches.next_step()
         if self.pc_step is not None:
-            with record_function(PHASE_PREFIX + "pc begin"):
+            with phase("pc begin"):
                 self.pc_step.begin()
-        with record_function(PHASE_PREFIX + "micro-batches"):
+        with phase("micro-batches"):
             loss = self._micro_batches(micro_batches)
         if self.pc_backward_in_engine:
             # The engine steps inside this last backward, which delivers the PC gradients.
             check_finite_now(self.state.step + 1, loss.item())
-            with record_function(PHASE_PREFIX + "pc finish and engine step"):
+            with phase("pc finish and engine step"):
                 self.pc_step.finish_through(self._engine_backward_and_step)
         elif self.pc_step is not None:
-            with record_function(PHASE_PREFIX + "pc finish"):
+            with phase("pc finish"):
                 self.pc_step.finish()
-        with record_function(PHASE_PREFIX + "clip"):
+        with phase("clip"):
             grad_norm = (
                 self._engine_grad_norm(loss) if self.engine_steps_in_backward else self._clip_gradients()
             )
         nonfinite = StepValueMonitor.nonfinite(loss, grad_norm)
         if not self.engine_steps_in_backward:
             self._emit("on_before_optimizer_step")
-            with record_function(PHASE_PREFIX + "optimizer"):
+            with phase("optimizer"):
                 self._optimizer_step(loss, grad_norm, nonfinite)
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.pc_step is not None:
-            with record_function(PHASE_PREFIX + "pc spectral update"):
+            with phase("pc spectral update"):
                 self.pc_step.update_spectral()
         self.state.step += 1
         self.state.tokens += (
