@@ -116,31 +116,34 @@ def main() -> None:
     )
     grads = [torch.randn_like(layer.weight, dtype=torch.float32) * 1e-3 for layer in layers]
 
-    def accumulate() -> None:
+    def one_step(measure: Callable[[str, Callable[[], None]], None]) -> None:
+        """One optimizer step's PC phases in training order, each run through ``measure``; between
+        them, the micro-batches' gradients arrive and the optimizer consumes the weights' gradients."""
+        measure("begin", step.begin)
         for layer, grad in zip(layers, grads, strict=True):
             layer.step_grad.add_(grad)
+        measure("finish", step.finish)
+        for layer in layers:
+            layer.weight.grad = layer.pc_gamma.grad = None
+        measure("spectral", step.update_spectral)
 
     seconds = {"begin": 0.0, "finish": 0.0, "spectral": 0.0}
     for index in range(args.warmup + args.steps):
-        begin = timed(device, step.begin)
-        accumulate()
-        finish = timed(device, step.finish)
-        for layer in layers:
-            layer.weight.grad = layer.pc_gamma.grad = None
-        spectral = timed(device, step.update_spectral)
-        if index >= args.warmup:
-            for name, value in (("begin", begin), ("finish", finish), ("spectral", spectral)):
-                seconds[name] += value / args.steps
+        weight = 1 / args.steps if index >= args.warmup else 0.0
+
+        def time_phase(name: str, phase: Callable[[], None], weight: float = weight) -> None:
+            seconds[name] += timed(device, phase) * weight
+
+        one_step(time_phase)
 
     traffic = {}
-    for name, phase in (("begin", step.begin), ("finish", step.finish), ("spectral", step.update_spectral)):
-        if name == "finish":
-            accumulate()
+
+    def count_traffic(name: str, phase: Callable[[], None]) -> None:
         with TrafficCounter() as counter:
             phase()
         traffic[name] = counter.bytes
-        for layer in layers:
-            layer.weight.grad = layer.pc_gamma.grad = None
+
+    one_step(count_traffic)
 
     flops = phase_flops(layers, args.degree)
     shapes = sorted({tuple(layer.weight.shape) for layer in layers})
