@@ -2,12 +2,15 @@
 compiled) next to AdamW, in one process, for a model shape (default: the paper's 1B).
 
 Gradients are random (the step's cost does not depend on their values); each optimizer is timed
-over ``--steps`` steps after ``--warmup`` steps, on the GPU when there is one. A row that fails (a
-compile error, out of memory) reads "failed" with its error, the others still run, and the exit status
-is then 1.
+over ``--steps`` steps after ``--warmup`` steps, on the GPU when there is one. Beside the times, the
+floors: the matrix products' GFLOP and the other ops' GB of memory traffic of one Muon step, counted
+per aten op on the meta device (so ``--count-only`` gives them for the 1B shapes on any machine).
+A row that fails (a compile error, out of memory) reads "failed" with its error, the others still run,
+and the exit status is then 1.
 
     python scripts/bench_optimizer.py                    # 1B shapes on the GPU
     python scripts/bench_optimizer.py --model debug      # small shapes, runs on a CPU
+    python scripts/bench_optimizer.py --count-only       # the 1B floors alone, in seconds, anywhere
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from hydra import compose, initialize_config_dir
 from pcpretrain import pc
 from pcpretrain.config import register_configs, to_train_config
 from pcpretrain.model import build_model
+from pcpretrain.op_costs import OpCosts
 from pcpretrain.optim import build_optimizer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "pcpretrain" / "configs"
@@ -35,6 +39,8 @@ ROWS: dict[str, tuple[str, int, tuple[str, ...]]] = {
     "muon-compiled": ("muon", 2, ("optimizer.compile=true",)),
     "muon-gram-compiled": ("muon", 2, ("optimizer.ns_method=gram", "optimizer.compile=true")),
 }
+# Rows whose FLOPs and memory traffic are counted (see costs_by_row).
+COUNTED = ("muon", "muon-gram")
 
 
 def optimizer_config(name: str, model: str, extra: tuple[str, ...] = ()):
@@ -43,6 +49,19 @@ def optimizer_config(name: str, model: str, extra: tuple[str, ...] = ()):
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         cfg = to_train_config(compose(config_name="train", overrides=overrides))
     return cfg
+
+
+def build(name: str, model_name: str, degree: int, device: torch.device, extra: tuple[str, ...] = ()):
+    """The model with PC layers of ``degree`` and random gradients, and the row's optimizer over it."""
+    cfg = optimizer_config(name, model_name, extra)
+    torch.manual_seed(0)
+    with device:  # built where it runs: no 1B model on the host just to count a meta step
+        model = build_model(cfg.model, cfg.model.vocab_size or 32000)
+        pc.apply_pc(model, degree)
+    optimizer = build_optimizer(model, cfg.optimizer)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    return optimizer
 
 
 def time_steps(
@@ -54,13 +73,7 @@ def time_steps(
     device: torch.device,
     extra: tuple[str, ...] = (),
 ) -> float:
-    cfg = optimizer_config(name, model_name, extra)
-    torch.manual_seed(0)
-    model = build_model(cfg.model, cfg.model.vocab_size or 32000).to(device)
-    pc.apply_pc(model, degree)
-    optimizer = build_optimizer(model, cfg.optimizer)
-    for p in model.parameters():
-        p.grad = torch.randn_like(p)
+    optimizer = build(name, model_name, degree, device, extra)
     for _ in range(warmup):
         optimizer.step()
     if device.type == "cuda":
@@ -73,6 +86,29 @@ def time_steps(
     return (time.perf_counter() - start) / steps
 
 
+def count_step(name: str, model_name: str, degree: int, extra: tuple[str, ...] = ()) -> tuple[int, int]:
+    """Matrix-product FLOPs and other ops' bytes of one step (the second: state exists by then), counted
+    on the meta device. The eager rule's figures: torch.compile fuses the elementwise passes."""
+    optimizer = build(name, model_name, degree, torch.device("meta"), extra)
+    optimizer.found_inf = torch.zeros((), device="meta")  # as the trainer steps it
+    optimizer.step()
+    with OpCosts() as costs:
+        optimizer.step()
+    return costs.flops, costs.other_bytes
+
+
+def costs_by_row(model_name: str) -> dict[str, tuple[str, str]]:
+    """The GFLOP and other-GB columns: counted for the eager Muon rows; a compiled row does its eager
+    twin's products in fewer elementwise passes (not counted); fused AdamW does not run on meta."""
+    columns = {}
+    for row in COUNTED:
+        name, degree, extra = ROWS[row]
+        flops, moved = count_step(name, model_name, degree, extra)
+        columns[row] = (f"{flops / 1e9:.1f}", f"{moved / 1e9:.2f}")
+        columns[f"{row}-compiled"] = (columns[row][0], "-")
+    return columns
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -80,26 +116,33 @@ def main() -> None:
     parser.add_argument("--model", default="1B", help="a model config name: tiny, debug, 271M, 1B")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--count-only", action="store_true", help="the FLOP and byte columns only, no timing")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    seconds: dict[str, float | str] = {}
+    seconds: dict[str, float | str] = {row: "-" for row in ROWS}
     for row, (name, degree, extra) in ROWS.items():
+        if args.count_only:
+            break
         try:
             seconds[row] = time_steps(name, args.model, degree, args.steps, args.warmup, device, extra)
         except Exception as error:
             traceback.print_exc()
             seconds[row] = f"failed: {type(error).__name__}"
         torch._dynamo.reset()
+    costs = costs_by_row(args.model)
     print(f"model {args.model} on {torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}")
-    print(f"{'optimizer':18} {'step ms':>10} {'vs AdamW':>9}")
+    print(f"{'optimizer':18} {'step ms':>10} {'vs AdamW':>9} {'GFLOP':>10} {'other GB':>9}")
     adamw = seconds["adamw"]
+    failed = [row for row, value in seconds.items() if isinstance(value, str) and value.startswith("failed")]
     for row, value in seconds.items():
-        if isinstance(value, str):
+        if row in failed:
             print(f"{row:18} {value}")
-        else:
-            ratio = f"{value / adamw:9.2f}" if isinstance(adamw, float) else f"{'-':>9}"
-            print(f"{row:18} {value * 1e3:10.1f} {ratio}")
-    if any(isinstance(value, str) for value in seconds.values()):
+            continue
+        step_ms = f"{value * 1e3:.1f}" if isinstance(value, float) else value
+        ratio = f"{value / adamw:.2f}" if isinstance(value, float) and isinstance(adamw, float) else "-"
+        gigaflops, gigabytes = costs.get(row, ("-", "-"))
+        print(f"{row:18} {step_ms:>10} {ratio:>9} {gigaflops:>10} {gigabytes:>9}")
+    if failed:
         sys.exit(1)
 
 

@@ -3,73 +3,35 @@
 Builds the model's PC layers at a model config's shapes (default: the paper's 1B, PC degree 4), feeds
 ``begin`` / ``finish`` / ``update_spectral`` of :class:`pcpretrain.pc.step.PCStep` random gradients,
 and prints milliseconds per phase, the matmul FLOPs each phase does and the rate it reached, and the
-gigabytes its other ops read and write (counted per aten op in one more, untimed step): the two
-floors, compute and memory traffic, to hold the time against. On a GPU the transform runs as in
+gigabytes its other ops read and write (both counted per aten op in one more, untimed step, by
+:class:`pcpretrain.op_costs.OpCosts`): the two floors, compute and memory traffic, to hold the time
+against. On a GPU the transform runs as in
 training (TF32 unless ``--no-tf32``, W_eff kept in bf16).
 
     python scripts/bench_pc_step.py                          # 1B shapes on the GPU
     python scripts/bench_pc_step.py --model 271M --layers 2  # a CPU-sized slice with the 1B aspect ratios
+    python scripts/bench_pc_step.py --count-only             # the 1B floors alone (meta device), anywhere
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from pcpretrain import pc
 from pcpretrain.config import register_configs, to_train_config
 from pcpretrain.model import build_model
-from pcpretrain.pc.layers import PCLinear, pc_modules
+from pcpretrain.op_costs import OpCosts
+from pcpretrain.pc.layers import pc_modules
 from pcpretrain.pc.step import PCStep
 
 CONFIGS = Path(__file__).resolve().parents[1] / "pcpretrain" / "configs"
-MATMULS = {"mm", "bmm", "addmm", "addmm_", "baddbmm", "baddbmm_", "mv", "addmv", "addmv_", "dot"}
-
-
-class TrafficCounter(TorchDispatchMode):
-    """Bytes read and written by every op that is not a matrix product (its tensor arguments and
-    results, counted whole; ops that make views move nothing). The bandwidth floor of a phase: the
-    matrix products have their FLOP floor, and everything else has to stream through memory."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.bytes = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
-        out = func(*args, **(kwargs or {}))
-        if func.overloadpacket.__name__ not in MATMULS and not func.is_view:
-            tensors = [t for t in tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)]
-            self.bytes += sum(t.numel() * t.element_size() for t in tensors)
-        return out
-
-
-def horner_products(degree: int) -> int:
-    """Products of two small (n x n) matrices in Horner's evaluation of q_k at the Gram matrix."""
-    return max(len(pc.PC_COEFFICIENTS[degree]) - 2, 0)
-
-
-def phase_flops(layers: list[PCLinear], degree: int) -> dict[str, float]:
-    """Matmul FLOPs of each phase as implemented, summed over the layers (m x n, Gram on the smaller side).
-
-    begin: W q (m n^2) and Horner (h n^3), the Gram coming from the power iteration; finish: W^T dW_eff,
-    dW_eff q and W (B + B^T) (3 m n^2), Horner again and the adjoint's 2h n^3; spectral: the Gram (m n^2),
-    two m x n and (iters - 1) n x n matrix-vector products.
-    """
-    h = horner_products(degree)
-    totals = {"begin": 0.0, "finish": 0.0, "spectral": 0.0}
-    for layer in layers:
-        m, n = sorted(layer.weight.shape, reverse=True)
-        totals["begin"] += 2 * (m * n * n + h * n**3)
-        totals["finish"] += 2 * (3 * m * n * n + 3 * h * n**3)
-        totals["spectral"] += 2 * (m * n * n + 2 * m * n + (layer.power_iters - 1) * n * n)
-    return totals
 
 
 def timed(device: torch.device, phase: Callable[[], None]) -> float:
@@ -104,12 +66,18 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--no-tf32", action="store_true", help="float32 matmuls in the transform on CUDA")
     parser.add_argument("--bf16-products", action="store_true", help="as pc.bf16_products=true")
+    parser.add_argument(
+        "--count-only", action="store_true", help="count FLOPs and bytes on the meta device, time nothing"
+    )
     args = parser.parse_args()
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.count_only:
+        device = torch.device("meta")
+    else:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build_pc_model(args.model, args.layers, args.degree, device)
     layers = [mod for _, mod in pc_modules(model)]
-    forward_dtype = torch.bfloat16 if device.type == "cuda" else None
+    forward_dtype = torch.bfloat16 if device.type in ("cuda", "meta") else None
     product_dtype = torch.bfloat16 if args.bf16_products else None
     step = PCStep(
         model, forward_dtype=forward_dtype, tf32=not args.no_tf32, product_dtype=product_dtype, split=False
@@ -128,7 +96,8 @@ def main() -> None:
         measure("spectral", step.update_spectral)
 
     seconds = {"begin": 0.0, "finish": 0.0, "spectral": 0.0}
-    for index in range(args.warmup + args.steps):
+    # Counting follows a step: the Gram matrices are then kept from one step to the next, as in training.
+    for index in range(1 if args.count_only else args.warmup + args.steps):
         weight = 1 / args.steps if index >= args.warmup else 0.0
 
         def time_phase(name: str, phase: Callable[[], None], weight: float = weight) -> None:
@@ -136,25 +105,27 @@ def main() -> None:
 
         one_step(time_phase)
 
-    traffic = {}
+    flops, traffic = {}, {}
 
-    def count_traffic(name: str, phase: Callable[[], None]) -> None:
-        with TrafficCounter() as counter:
+    def count(name: str, phase: Callable[[], None]) -> None:
+        with OpCosts() as costs:
             phase()
-        traffic[name] = counter.bytes
+        flops[name], traffic[name] = costs.flops, costs.other_bytes
 
-    one_step(count_traffic)
+    one_step(count)
 
-    flops = phase_flops(layers, args.degree)
-    shapes = sorted({tuple(layer.weight.shape) for layer in layers})
-    print(f"{len(layers)} PC layers, shapes {shapes}, degree {args.degree}, {device.type}")
-    seconds["total"] = sum(seconds.values())
-    flops["total"] = sum(flops.values())
-    traffic["total"] = sum(traffic.values())
+    shapes = dict(sorted(Counter(tuple(layer.weight.shape) for layer in layers).items()))
+    print(f"{len(layers)} PC layers, layers per shape {shapes}, degree {args.degree}, {device.type}")
+    for totals in (seconds, flops, traffic):
+        totals["total"] = sum(totals.values())
     print(f"{'phase':<10}{'ms':>10}{'GFLOP':>12}{'TFLOP/s':>10}{'other GB':>10}")
     for name, value in seconds.items():
-        rate, gigabytes = flops[name] / value / 1e12, traffic[name] / 1e9
-        print(f"{name:<10}{value * 1e3:>10.1f}{flops[name] / 1e9:>12.3f}{rate:>10.2f}{gigabytes:>10.3f}")
+        gigaflops, gigabytes = flops[name] / 1e9, traffic[name] / 1e9
+        if args.count_only:
+            print(f"{name:<10}{'-':>10}{gigaflops:>12.3f}{'-':>10}{gigabytes:>10.3f}")
+        else:
+            rate = flops[name] / value / 1e12
+            print(f"{name:<10}{value * 1e3:>10.1f}{gigaflops:>12.3f}{rate:>10.2f}{gigabytes:>10.3f}")
 
 
 if __name__ == "__main__":

@@ -12,9 +12,32 @@ pytestmark = pytest.mark.slow
 
 def test_bench_optimizer_tiny_prints_every_row() -> None:
     result = run_script("bench_optimizer.py", "--model", "tiny", "--steps", "1", "--warmup", "0", timeout=300)
-    rows = [line.split()[0] for line in result.stdout.splitlines()[2:]]
-    assert rows == ["adamw", "muon", "muon-gram", "muon-compiled", "muon-gram-compiled"]
-    assert "vs AdamW" in result.stdout
+    rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()[2:]}
+    assert list(rows) == ["adamw", "muon", "muon-gram", "muon-compiled", "muon-gram-compiled"]
+    assert result.stdout.splitlines()[1].split() == [
+        "optimizer",
+        "step",
+        "ms",
+        "vs",
+        "AdamW",
+        "GFLOP",
+        "other",
+        "GB",
+    ]
+    assert all(float(columns[0]) > 0 for columns in rows.values())
+    # Counted for the eager Muon rows; a compiled row does its eager twin's products.
+    assert rows["adamw"][2:] == ["-", "-"]
+    assert float(rows["muon-gram"][2]) <= float(rows["muon"][2]) == float(rows["muon-compiled"][2])
+    assert float(rows["muon"][3]) > 0 and rows["muon-compiled"][3] == "-"
+
+
+def test_bench_optimizer_counts_the_1b_floors_without_timing() -> None:
+    result = run_script("bench_optimizer.py", "--count-only", timeout=300)
+    rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()[2:]}
+    assert rows["muon"][:2] == ["-", "-"]
+    # 18 layers of 4 square 2048 matrices and 3 of 2048 x 5632, 5 Newton-Schulz steps of 4 m^2 n + 2 m^3.
+    square, wide = 5 * 6 * 2048**3, 5 * (4 * 2048**2 * 5632 + 2 * 2048**3)
+    assert float(rows["muon"][2]) == pytest.approx(18 * (4 * square + 3 * wide) / 1e9, abs=0.1)
 
 
 def test_a_failing_row_is_reported_and_the_others_still_run(

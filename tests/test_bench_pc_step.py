@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 
 import pytest
@@ -9,16 +10,48 @@ from helpers import run_script
 
 pytestmark = pytest.mark.slow
 
+PHASES = ("begin", "finish", "spectral", "total")
+HORNER_PRODUCTS = 3  # degree 4: q_4 has 5 coefficients
+POWER_ITERS = 10
 
-def test_bench_pc_step_tiny_prints_every_phase_with_its_flops_and_other_traffic() -> None:
+
+def phase_flops(shapes: dict[tuple[int, int], int]) -> dict[str, int]:
+    """The phases' matrix-product FLOPs by hand, for degree 4 (m >= n the sides of each matrix):
+    begin ``W q`` (m n^2) and Horner (3 n^3), the Gram coming from the power iteration; finish
+    ``W^T dW_eff``, ``dW_eff q`` and ``W (B + B^T)`` (3 m n^2), Horner again and its adjoint's 6 n^3;
+    spectral the Gram (m n^2), two m x n and 9 n x n matrix-vector products."""
+    totals = dict.fromkeys(PHASES[:-1], 0)
+    for shape, count in shapes.items():
+        m, n = sorted(shape, reverse=True)
+        totals["begin"] += count * 2 * (m * n * n + HORNER_PRODUCTS * n**3)
+        totals["finish"] += count * 2 * (3 * m * n * n + 3 * HORNER_PRODUCTS * n**3)
+        totals["spectral"] += count * 2 * (m * n * n + 2 * m * n + (POWER_ITERS - 1) * n * n)
+    return totals
+
+
+def table(stdout: str) -> dict[str, list[str]]:
+    rows = {}
+    for phase in PHASES:
+        row = re.search(rf"^{phase}\s+(.*)$", stdout, re.MULTILINE)
+        assert row, stdout
+        rows[phase] = row.group(1).split()
+    return rows
+
+
+def test_bench_pc_step_tiny_times_every_phase_and_counts_its_flops_and_other_traffic() -> None:
     result = run_script("bench_pc_step.py", "--model", "tiny", "--steps", "1", "--warmup", "0", timeout=300)
-    gigabytes = {}
-    for phase in ("begin", "finish", "spectral", "total"):
-        numbers = r"\s+([\d.]+)" * 4
-        row = re.search(rf"^{phase}{numbers}$", result.stdout, re.MULTILINE)
-        assert row, result.stdout
-        assert float(row.group(1)) > 0 and float(row.group(2)) > 0
-        gigabytes[phase] = float(row.group(4))
-    # Each phase at least reads the stacked weights once outside its products (16 layers of the tiny model).
-    assert all(value > 0 for value in gigabytes.values())
+    rows = table(result.stdout)
+    shapes = ast.literal_eval(re.search(r"layers per shape (\{.*\})", result.stdout).group(1))
+    expected = phase_flops(shapes)
+    for phase, (ms, gigaflops, rate, gigabytes) in rows.items():
+        assert float(ms) > 0 and float(rate) > 0 and float(gigabytes) > 0
+        if phase != "total":
+            assert float(gigaflops) == pytest.approx(expected[phase] / 1e9, abs=1e-3)
+    gigabytes = {phase: float(row[3]) for phase, row in rows.items()}
     assert gigabytes["total"] == pytest.approx(sum(v for k, v in gigabytes.items() if k != "total"), abs=2e-3)
+
+    counted = table(run_script("bench_pc_step.py", "--model", "tiny", "--count-only", timeout=300).stdout)
+    for phase in PHASES:
+        assert counted[phase][0] == counted[phase][2] == "-"
+        # The same products; the traffic differs, since on meta W_eff is kept in bf16 as on a GPU.
+        assert counted[phase][1] == rows[phase][1] and float(counted[phase][3]) > 0

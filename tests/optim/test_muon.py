@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from pcpretrain.op_costs import OpCosts
 from pcpretrain.optim.muon import LR_ADJUSTMENTS, NS_DTYPES, Muon, adjusted_lr
 from pcpretrain.optim.newton_schulz import COEFFICIENT_SETS, orthogonalize
 
@@ -352,3 +353,24 @@ def test_a_step_flagged_by_found_inf_changes_nothing_and_an_unflagged_one_is_a_p
         assert torch.equal(p, before[name]), name
         for key, value in flagged_opt.state[p].items():
             assert torch.equal(value, states[name][key]), (name, key)
+
+
+@pytest.mark.parametrize("method", ["standard", "gram"])
+def test_a_step_does_newton_schulz_products_and_no_others(method: str) -> None:
+    """FLOPs of one step at the 1B model's shapes, counted on meta tensors, against the closed forms
+    (m <= n the matrix's sides, 5 steps): standard ``5 (4 m^2 n + 2 m^3)``; Gram form for a wide matrix
+    (restarted after step 2) ``8 m^2 n + 28 m^3``, and the standard count for a square one."""
+    shapes = [(2048, 2048), (5632, 2048), (2048, 5632), (5632, 2048)]
+    params = [nn.Parameter(torch.empty(shape, device="meta")) for shape in shapes]
+    for p in params:
+        p.grad = torch.empty_like(p)
+    optimizer = Muon([{"params": params, "use_muon": True}], ns_method=method)
+    optimizer.step()
+    with OpCosts() as costs:
+        optimizer.step()
+    expected = 0
+    for shape in shapes:
+        m, n = sorted(shape)
+        wide = method == "gram" and n > 1.5 * m
+        expected += 8 * m * m * n + 28 * m**3 if wide else 5 * (4 * m * m * n + 2 * m**3)
+    assert costs.flops == expected
