@@ -8,13 +8,15 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
 from safetensors import safe_open
+
+from pcpretrain.spectra.analysis import SpectraReport
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
@@ -175,7 +177,8 @@ SPLIT_OVERRIDES = [
     "trainer.eval_every=2",
     "checkpoint.every=2",
 ]
-ADAMW_PC = ["pc.degree=4"]
+# The spectral monitor runs every 2 steps in these runs, so that every engine's spectra are compared too.
+ADAMW_PC = ["pc.degree=4", "spectral.every=2"]
 MUON_PC = ["optimizer=muon", "pc.degree=2", "optimizer.ns_dtype=float32"]
 
 
@@ -211,6 +214,26 @@ def merged_tensors(directory: Path) -> dict[str, torch.Tensor]:
             names = handle.keys()  # a safetensors handle, not a dict
             tensors.update({key: handle.get_tensor(key) for key in names})
     return tensors
+
+
+def read_spectra(run_dir: Path) -> dict[int, SpectraReport]:
+    """The run's spectral reports by step."""
+    lines = (run_dir / "spectra.jsonl").read_text().splitlines()
+    return {report.step: report for report in map(SpectraReport.from_record, map(json.loads, lines))}
+
+
+def assert_same_spectra(one: Path, other: Path, steps: Sequence[int] = (2, SPLIT_STEPS)) -> None:
+    """Two runs whose weights agree to ~1e-5 after the same steps record the same spectra to ~1e-4."""
+    first, second = read_spectra(one), read_spectra(other)
+    assert sorted(first) == sorted(second) == sorted(steps)
+    for step in steps:
+        a_report, b_report = first[step], second[step]
+        assert a_report.gmcn() == pytest.approx(b_report.gmcn(), rel=1e-4)
+        assert [m.name for m in a_report.matrices] == [m.name for m in b_report.matrices]
+        for a, b in zip(a_report.matrices, b_report.matrices, strict=True):
+            assert (a.pc, a.layer, a.kind) == (b.pc, b.layer, b.kind)
+            assert a.sigma_1 == pytest.approx(b.sigma_1, rel=1e-4), a.name
+            assert a.mcn == pytest.approx(b.mcn, rel=1e-4), a.name
 
 
 def assert_export_matches(run_dir: Path, single: Path, out: Path) -> None:

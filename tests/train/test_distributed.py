@@ -16,6 +16,7 @@ from helpers import (
     SPLIT_OVERRIDES,
     assert_export_matches,
     assert_resume_is_exact,
+    assert_same_spectra,
     assert_same_trajectory,
     read_metrics,
     run_cli,
@@ -45,6 +46,7 @@ def test_two_processes_match_one_process_with_accumulation_adamw_pc(
 ) -> None:
     multi = two_process_adamw(engine)
     assert_same_trajectory(read_metrics(single_adamw), read_metrics(multi))
+    assert_same_spectra(single_adamw, multi)
     assert_export_matches(multi, single_adamw, tmp_path / "exported")
 
 

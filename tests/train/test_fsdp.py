@@ -16,6 +16,7 @@ from helpers import (
     SPLIT_STEPS,
     assert_export_matches,
     assert_resume_is_exact,
+    assert_same_spectra,
     assert_same_trajectory,
     read_metrics,
     split_overrides,
@@ -41,6 +42,7 @@ def test_two_fsdp_processes_match_one_process_and_export_its_weights_adamw_pc(
     single_adamw: Path, fsdp_adamw: Path, tmp_path: Path
 ) -> None:
     assert_same_trajectory(read_metrics(single_adamw), read_metrics(fsdp_adamw))
+    assert_same_spectra(single_adamw, fsdp_adamw)
     last = fsdp_adamw / "checkpoints" / f"step_{SPLIT_STEPS:08d}"
     assert (last / FSDP_MODEL_DIR).is_dir()  # sharded by FSDP2, not replicated by a DDP fallback
     assert_export_matches(fsdp_adamw, single_adamw, tmp_path / "exported")
