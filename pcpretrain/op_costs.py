@@ -34,7 +34,8 @@ PRODUCTS: dict[str, int] = {
 # Ops that allocate or relabel memory without touching it. ``_unsafe_view`` is a view that autograd
 # does not track as one (``is_view`` is False for it).
 NO_TRAFFIC = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "_unsafe_view"}
-# In-place ops that overwrite their target without reading it.
+# In-place ops that overwrite their target without reading it. (Factories like ``zeros_like`` read
+# nothing either: their argument gives only a shape.)
 WRITE_ONLY = {"copy_", "fill_", "zero_", "normal_", "uniform_"}
 
 
@@ -63,7 +64,7 @@ def op_bytes(func: torch._ops.OpOverload, args: tuple[Any, ...], kwargs: dict[st
         mutated = argument.alias_info is not None and argument.alias_info.is_write
         if mutated:
             writes.append(value)
-        if not (argument.is_out or (mutated and name in WRITE_ONLY)):
+        if not (argument.is_out or (mutated and name in WRITE_ONLY) or name.endswith("_like")):
             reads.append(value)
     results = out if isinstance(out, (tuple, list)) else (out,)
     for value, returned in zip(results, schema.returns, strict=False):

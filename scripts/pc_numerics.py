@@ -27,8 +27,9 @@ from pcpretrain.pc.transform import effective_weight, effective_weight_vjp
 
 # Hidden size and FFN width of the model configs in pcpretrain/configs/model.
 SHAPES = {"1B": (2048, 5632), "271M": (1024, 2816), "tiny": (64, 160)}
-_MATMULS = {"matmul", "mm", "bmm", "addmm", "__matmul__", "__rmatmul__"}
-_OPERANDS = {"addmm": (1, 2)}  # addmm's first argument is the added matrix, not an operand
+_MATMULS = {"matmul", "mm", "bmm", "addmm", "addmm_", "baddbmm", "baddbmm_", "__matmul__", "__rmatmul__"}
+# The first argument of these is the added matrix, not an operand.
+_OPERANDS = {name: (1, 2) for name in ("addmm", "addmm_", "baddbmm", "baddbmm_")}
 
 
 def round_to_tf32(x: Tensor) -> Tensor:

@@ -56,4 +56,5 @@ def test_views_and_allocations_move_nothing_and_copies_only_write_their_target()
         x.view(6, 4).mT.unsqueeze(0)
         torch.empty_like(x).copy_(x)
         torch.empty(3).zero_()
-    assert costs.other_bytes == 2 * 24 * FLOAT + 3 * FLOAT
+        torch.zeros_like(x, dtype=torch.bfloat16)
+    assert costs.other_bytes == 2 * 24 * FLOAT + 3 * FLOAT + 24 * 2

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from pcpretrain.batched_matmul import scaled_matmul_add
 from pcpretrain.choices import NS_METHODS
 
 Triple = tuple[float, float, float]
@@ -167,22 +168,6 @@ def _normalize(x: Tensor, cs: CoefficientSet, eps: float, dtype: torch.dtype) ->
     return x.to(dtype), gram.to(dtype)
 
 
-def _scaled_matmul_add(c: Tensor, a: Tensor, b: Tensor, beta: float, alpha: float) -> Tensor:
-    """``beta * c + alpha * (a @ b)`` as one matmul whose epilogue does the scaling and the sum, for a
-    matrix or any stack (leading dimensions flattened into one batch)."""
-    if c.ndim == 2:
-        return torch.addmm(c, a, b, beta=beta, alpha=alpha)
-    lead = c.shape[:-2]
-    out = torch.baddbmm(
-        c.reshape(-1, *c.shape[-2:]),
-        a.reshape(-1, *a.shape[-2:]),
-        b.reshape(-1, *b.shape[-2:]),
-        beta=beta,
-        alpha=alpha,
-    )
-    return out.reshape(*lead, *out.shape[-2:])
-
-
 def _iterate(x: Tensor, triples: list[Triple], gram: Tensor | None, transposed: bool) -> Tensor:
     """Run ``X <- a X + (b A + c A^2) X`` with ``A = X X^T`` (``gram`` stands in for the first A).
 
@@ -194,10 +179,10 @@ def _iterate(x: Tensor, triples: list[Triple], gram: Tensor | None, transposed: 
     last = len(triples) - 1
     for i, (a, b, c) in enumerate(triples):
         gram_x = gram if i == 0 and gram is not None else x @ x.mT
-        poly = _scaled_matmul_add(gram_x, gram_x, gram_x, beta=b, alpha=c)
+        poly = scaled_matmul_add(gram_x, gram_x, gram_x, beta=b, alpha=c)
         if i == last and transposed:
-            return _scaled_matmul_add(x.mT, x.mT, poly, beta=a, alpha=1.0)
-        x = _scaled_matmul_add(x, poly, x, beta=a, alpha=1.0)
+            return scaled_matmul_add(x.mT, x.mT, poly, beta=a, alpha=1.0)
+        x = scaled_matmul_add(x, poly, x, beta=a, alpha=1.0)
     return x
 
 
@@ -224,7 +209,7 @@ def _iterate_on_gram(
     r = x @ x.mT if gram is None else gram
     q: Tensor | None = None
     for i, (a, b, c) in enumerate(triples, start=1):
-        z = _scaled_matmul_add(r, r, r, beta=b, alpha=c)
+        z = scaled_matmul_add(r, r, r, beta=b, alpha=c)
         z.diagonal(dim1=-2, dim2=-1).add_(a)
         q = z if q is None else z @ q
         if i == len(triples):

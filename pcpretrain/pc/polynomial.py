@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from pcpretrain.batched_matmul import add_matmul_, scaled_matmul_add
 from pcpretrain.choices import PC_COEFFICIENTS
 
 
@@ -24,30 +25,57 @@ def check_degree(degree: int) -> int:
     return int(degree)
 
 
-def add_matmul_(out: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """``out += a @ b`` in place, for single matrices and for stacks (no temporary for the product)."""
-    return out.addmm_(a, b) if out.ndim == 2 else out.baddbmm_(a, b)
-
-
 def _add_to_diagonal_(matrix: Tensor, value: float) -> Tensor:
     """``matrix += value * I`` in place, per matrix of a stack: touches n elements, not n^2."""
     matrix.diagonal(dim1=-2, dim2=-1).add_(value)
     return matrix
 
 
-def _horner_terms(gram: Tensor, coeffs: tuple[float, ...], keep_all: bool) -> list[Tensor]:
-    """Horner's partial polynomials h_i = c_i I + G h_{i+1} (h_k = c_k I), as [h_0, ..., h_{k-1}].
+class _PolynomialAtGram:
+    """q_k at a Gram matrix G (or a stack of them), evaluated as ``q = c0 I + c1 G + G^2 T`` with
+    ``T = c2 I + c3 G + c4 G^2`` (the terms whose coefficients exist, degree <= 4).
 
-    h_0 is q_k(G). The gradient needs every h_i; the forward pass only h_0, so it drops the others
-    as it goes (``keep_all=False`` returns [h_0]). Each step is one matrix product and an addition to
-    its diagonal: no identity matrix is formed, and nothing else passes over the n x n matrices.
+    Two n x n products for degrees 3 and 4 (G^2, then G^2 T) where Horner's rule takes three, and one
+    for degree 2. Its derivative along a symmetric S takes three more (S G, then D(G^2) T and G^2 D(T))
+    where the adjoint of Horner's recursion takes six, since D(G^2)[S] = S G + G S and G S = (S G)^T
+    for symmetric S and G. T is kept divided by the top coefficient (monic, so never a division by
+    zero), which goes into the products' epilogue instead of a pass over the matrices.
     """
-    h = _add_to_diagonal_(gram * coeffs[-1], coeffs[-2])
-    terms = [h]
-    for c in reversed(coeffs[:-2]):
-        h = _add_to_diagonal_(gram @ h, c)
-        terms = [h, *terms] if keep_all else [h]
-    return terms
+
+    def __init__(self, gram: Tensor, coeffs: tuple[float, ...]) -> None:
+        if not 2 <= len(coeffs) <= 5:
+            raise ValueError(f"the PC polynomial has degree 1 to 4, got coefficients {coeffs}")
+        self.gram, self.coeffs = gram, coeffs
+        self.top = coeffs[-1]
+        self.square: Tensor | None = None  # G^2, for degrees 3 and 4
+        self.tail: Tensor | None = None  # T / c_top, for degrees 3 and 4
+
+    def value(self) -> Tensor:
+        """q(G), as a new tensor."""
+        c, g = self.coeffs, self.gram
+        if len(c) == 2:
+            q = g * c[1]
+        elif len(c) == 3:
+            q = scaled_matmul_add(g, g, g, beta=c[1], alpha=c[2])
+        else:
+            self.square = g2 = g @ g
+            tail = torch.add(g2, g, alpha=c[3] / self.top) if len(c) == 5 else g.clone()
+            self.tail = _add_to_diagonal_(tail, c[2] / self.top)
+            q = scaled_matmul_add(g, g2, self.tail, beta=c[1], alpha=self.top)
+        return _add_to_diagonal_(q, c[0])
+
+    def derivative(self, s: Tensor) -> Tensor:
+        """Dq[S], the derivative of q at G along a symmetric S (symmetric too); after :meth:`value`."""
+        c, g = self.coeffs, self.gram
+        if len(c) == 2:
+            return s * c[1]
+        sg = s @ g
+        d_square = torch.add(sg, sg.mT)
+        if len(c) == 3:
+            return d_square.mul_(c[2]).add_(s, alpha=c[1])
+        d = scaled_matmul_add(s, d_square, self.tail, beta=c[1], alpha=self.top)
+        d_tail = torch.add(d_square, s, alpha=c[3] / self.top) if len(c) == 5 else s
+        return add_matmul_(d, self.square, d_tail, alpha=self.top)
 
 
 def _inner(a: Tensor, b: Tensor) -> Tensor:
@@ -105,7 +133,7 @@ def polynomial_map(
     if coeffs is None:
         return _scaled(x, factor)
     gram = smaller_gram(x) if gram is None else gram
-    (q,) = _horner_terms(_scaled(gram, _factor(scale, scale)), coeffs, keep_all=False)
+    q = _PolynomialAtGram(_scaled(gram, _factor(scale, scale)), coeffs).value()
     x, q = _in(product_dtype, x, _scaled(q, factor))
     return x @ q if is_tall(x) else q @ x
 
@@ -123,13 +151,14 @@ def polynomial_map_vjp(
     """(out_scale * dL/dX, <grad, P>, <dL/dX, X>) per matrix for P = polynomial_map(X), X = scale * x and
     dL/dP = grad, without forming P or X (arguments as in :func:`polynomial_map`).
 
-    For the tall case P = X q(G), G = X^T X: with A = X^T grad, the adjoint of Horner's recursion gives
-    B = sum_i (G^i A) h_{i+1}, and dL/dX = grad q(G) + X (B + B^T). That is three m x n x n products
-    (A and the two of the gradient; G comes from the caller where it has it) where autograd needs six
-    (it recomputes G and P, then differentiates both products); the m x n x n products are most of the
-    per-step transform's cost. The wide case is the tall case of the transposes. <grad, P> = <A, q(G)>
-    gives gamma's gradient, and <dL/dX, X> = <A, q(G)> + <B + B^T, G> (sigma's gradient) comes from the
-    small n x n factors, so no m x n product of dL/dX and X is ever formed. ``product_dtype``: the
+    For the tall case P = X q(G), G = X^T X: with A = X^T grad, dL/dX = grad q(G) + X Dq[A + A^T], where
+    Dq[S] is the derivative of q at G along S (self-adjoint, G being symmetric, so the adjoint that
+    the chain rule asks for is Dq itself). That is three m x n x n products (A and the two of the
+    gradient; G comes from the caller where it has it) where autograd needs six (it recomputes G and
+    P, then differentiates both products); the m x n x n products are most of the per-step transform's
+    cost. The wide case is the tall case of the transposes. <grad, P> = <A, q(G)> gives gamma's
+    gradient, and <dL/dX, X> = <A, q(G)> + <Dq[A + A^T], G> (sigma's gradient) comes from the small
+    n x n factors, so no m x n product of dL/dX and X is ever formed. ``product_dtype``: the
     dtype of the three m x n x n products and of the returned gradient, as in :func:`polynomial_map`.
     """
     coeffs = PC_COEFFICIENTS.get(check_degree(degree))
@@ -140,23 +169,16 @@ def polynomial_map_vjp(
     tall = is_tall(x)
     gram = smaller_gram(x) if gram is None else gram
     gram = _scaled(gram, _factor(scale, scale))
-    terms = _horner_terms(gram, coeffs, keep_all=True)
+    polynomial = _PolynomialAtGram(gram, coeffs)
+    q = polynomial.value()
     x, grad = _in(product_dtype, x, grad)
     xt, gt = (x, grad) if tall else (x.mT, grad.mT)
     a = _scaled((xt.mT @ gt).to(gram.dtype), scale)
-    inner = _inner(a, terms[0])
-    if len(terms) == 1:
-        b = a * coeffs[-1]
-    else:
-        b = a @ terms[1]
-        for h_next in terms[2:]:
-            a = gram @ a
-            add_matmul_(b, a, h_next)
-        b.add_(gram @ a, alpha=coeffs[-1])
-    sym = b + b.mT
+    inner = _inner(a, q)
+    sym = polynomial.derivative(a + a.mT)
     along_x = inner + _inner(sym, gram)
-    q, sym = _in(product_dtype, _scaled(terms[0], out_scale), _scaled(sym, _factor(scale, out_scale)))
-    # Both q(G) and B + B^T are symmetric, so the wide case's transpose is formed directly (contiguous).
+    q, sym = _in(product_dtype, _scaled(q, out_scale), _scaled(sym, _factor(scale, out_scale)))
+    # Both q(G) and Dq[A + A^T] are symmetric, so the wide case's transpose is formed directly (contiguous).
     if tall:
         return add_matmul_(grad @ q, x, sym), inner, along_x
     return add_matmul_(q @ grad, sym, x), inner, along_x

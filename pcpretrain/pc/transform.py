@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pcpretrain.pc.polynomial import add_matmul_, polynomial_map, polynomial_map_vjp
+from pcpretrain.batched_matmul import add_matmul_
+from pcpretrain.pc.polynomial import polynomial_map, polynomial_map_vjp
 from pcpretrain.pc.precision import autocast_off, compute_dtype
 from pcpretrain.pc.spectral import spectral_norm_estimate
 
