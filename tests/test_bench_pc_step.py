@@ -45,8 +45,8 @@ def test_bench_pc_step_tiny_times_every_phase_and_counts_its_flops_and_other_tra
     rows = table(result.stdout)
     shapes = ast.literal_eval(re.search(r"layers per shape (\{.*\})", result.stdout).group(1))
     expected = phase_flops(shapes)
-    for phase, (ms, gigaflops, rate, gigabytes) in rows.items():
-        assert float(ms) > 0 and float(rate) > 0 and float(gigabytes) > 0
+    for phase, (ms, gigaflops, _rate, gigabytes) in rows.items():
+        assert float(ms) > 0 and float(gigabytes) > 0
         if phase != "total":
             assert float(gigaflops) == pytest.approx(expected[phase] / 1e9, abs=1e-3)
     gigabytes = {phase: float(row[3]) for phase, row in rows.items()}
