@@ -120,9 +120,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     seconds: dict[str, float | str] = {row: "-" for row in ROWS}
-    for row, (name, degree, extra) in ROWS.items():
-        if args.count_only:
-            break
+    for row, (name, degree, extra) in ({} if args.count_only else ROWS).items():
         try:
             seconds[row] = time_steps(name, args.model, degree, args.steps, args.warmup, device, extra)
         except Exception as error:
