@@ -50,8 +50,9 @@ def build_pc_model(model_name: str, layers: int | None, degree: int, device: tor
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         cfg = to_train_config(compose(config_name="train", overrides=["~experiment", *overrides]))
     torch.manual_seed(0)
-    model = build_model(cfg.model, cfg.model.vocab_size or 32000).to(device)
-    pc.apply_pc(model, degree)
+    with device:  # built where it runs: no 1B model on the host just to count a meta step
+        model = build_model(cfg.model, cfg.model.vocab_size or 32000)
+        pc.apply_pc(model, degree)
     return model
 
 
@@ -96,14 +97,17 @@ def main() -> None:
         measure("spectral", step.update_spectral)
 
     seconds = {"begin": 0.0, "finish": 0.0, "spectral": 0.0}
-    # Counting follows a step: the Gram matrices are then kept from one step to the next, as in training.
-    for index in range(1 if args.count_only else args.warmup + args.steps):
-        weight = 1 / args.steps if index >= args.warmup else 0.0
+    if args.count_only:
+        # Counting follows a step: the Gram matrices are then kept from one step to the next, as in training.
+        one_step(lambda name, phase: phase())
+    else:
+        for index in range(args.warmup + args.steps):
+            weight = 1 / args.steps if index >= args.warmup else 0.0
 
-        def time_phase(name: str, phase: Callable[[], None], weight: float = weight) -> None:
-            seconds[name] += timed(device, phase) * weight
+            def time_phase(name: str, phase: Callable[[], None], weight: float = weight) -> None:
+                seconds[name] += timed(device, phase) * weight
 
-        one_step(time_phase)
+            one_step(time_phase)
 
     flops, traffic = {}, {}
 
