@@ -50,6 +50,12 @@ def full_stack(params: Sequence[Tensor], start: int, end: int) -> Tensor:
     return _stack([p.detach() for p in params], start, end)
 
 
+def stacks_locally(param: Tensor) -> bool:
+    """Whether :func:`full_stack` of tensors like ``param`` is a local copy, with no collective: what
+    lets one rank decide alone to reuse a stack it already holds."""
+    return not (isinstance(param, DTensor) or hasattr(param, "ds_id"))
+
+
 def own_slice_stack(params: Sequence[Tensor], rank: int, world: int) -> Tensor:
     """:func:`full_stack` of rank ``rank``'s :func:`slice_bounds` slice of ``params`` among ``world``;
     every rank calls it, each for its own slice.

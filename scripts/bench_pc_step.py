@@ -90,7 +90,7 @@ def main() -> None:
         them, the micro-batches' gradients arrive and the optimizer consumes the weights' gradients."""
         measure("begin", step.begin)
         for layer, grad in zip(layers, grads, strict=True):
-            layer.step_grad.add_(grad)
+            layer.add_step_grad(grad)
         measure("finish", step.finish)
         for layer in layers:
             layer.weight.grad = layer.pc_gamma.grad = None

@@ -57,6 +57,7 @@ class PCLinear(nn.Linear):
         # forward's compute dtype), and the float32 sum of their gradients with respect to it.
         self.step_weight: Tensor | None = None
         self.step_grad: Tensor | None = None
+        self._step_grad_empty = True  # no gradient copied into step_grad yet this step
         # TF32 for the transform's float32 matmuls on CUDA when W_eff is computed in the forward (pc.tf32).
         self.tf32 = True
 
@@ -79,22 +80,38 @@ class PCLinear(nn.Linear):
     @torch.no_grad()
     def begin_step(self, weight: Tensor, grad_sum: Tensor) -> None:
         """Use ``weight`` (this step's W_eff, in the dtype the forward's matmul runs in) in every forward
-        until :meth:`take_step_grad`, adding each micro-batch's gradient with respect to it into
-        ``grad_sum`` (float32 zeros) as soon as it arrives, as a float32 parameter accumulates ``.grad``.
+        until :meth:`take_step_grad`, summing the micro-batches' gradients with respect to it into
+        ``grad_sum`` (float32, contents ignored: the first gradient is copied in, so the buffer needs
+        no zeroing pass) as soon as each arrives, as a float32 parameter accumulates ``.grad``.
         Both may be views into stacks shared by all same-shaped layers; nothing is copied."""
         leaf = weight.detach().requires_grad_(True)
         leaf.register_post_accumulate_grad_hook(self._collect_step_grad)
         self.step_weight, self.step_grad = leaf, grad_sum
+        self._step_grad_empty = True
 
     def _collect_step_grad(self, leaf: Tensor) -> None:
         grad, leaf.grad = leaf.grad, None
-        self.step_grad.add_(grad)
+        self.add_step_grad(grad)
+
+    @torch.no_grad()
+    def add_step_grad(self, grad: Tensor) -> None:
+        """Add one micro-batch's dL/dW_eff to this step's sum."""
+        if self.step_grad is None:
+            raise RuntimeError("add_step_grad called outside a step: begin_step was not called")
+        if self._step_grad_empty:
+            self.step_grad.copy_(grad)
+            self._step_grad_empty = False
+        else:
+            self.step_grad.add_(grad)
 
     def take_step_grad(self) -> Tensor:
-        """This step's summed dL/dW_eff, leaving the step: later forwards compute W_eff themselves."""
+        """This step's summed dL/dW_eff (zeros if no micro-batch reached this layer), leaving the step:
+        later forwards compute W_eff themselves."""
         grad = self.step_grad
         if grad is None:
             raise RuntimeError("take_step_grad called outside a step: begin_step was not called")
+        if self._step_grad_empty:
+            grad.zero_()
         self.step_weight = self.step_grad = None
         return grad
 

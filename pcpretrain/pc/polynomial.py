@@ -94,6 +94,12 @@ def smaller_gram(x: Tensor) -> Tensor:
     return x.mT @ x if is_tall(x) else x @ x.mT
 
 
+def scaled_gram(x: Tensor, scale: Tensor | None = None) -> Tensor:
+    """The Gram matrix of ``X = scale * x`` on the smaller side (``scale`` per matrix, as ``(..., 1, 1)``):
+    the small matrix is scaled, not the large one."""
+    return _scaled(smaller_gram(x), _factor(scale, scale))
+
+
 def _factor(a: Tensor | None, b: Tensor | None) -> Tensor | None:
     """The product of two per-matrix factors, None (meaning 1) standing for a missing one."""
     if a is None or b is None:
@@ -103,6 +109,11 @@ def _factor(a: Tensor | None, b: Tensor | None) -> Tensor | None:
 
 def _scaled(t: Tensor, factor: Tensor | None) -> Tensor:
     return t if factor is None else t * factor
+
+
+def _per_matrix_scaled(values: Tensor, factor: Tensor | None) -> Tensor:
+    """Per-matrix ``values`` (shape ``(...)``) times a per-matrix factor shaped ``(..., 1, 1)``."""
+    return values if factor is None else values * factor.reshape(values.shape)
 
 
 def _in(dtype: torch.dtype | None, *tensors: Tensor) -> list[Tensor]:
@@ -119,21 +130,22 @@ def polynomial_map(
     out_scale: Tensor | None = None,
     product_dtype: torch.dtype | None = None,
 ) -> Tensor:
-    """``out_scale * X q_k(G)`` for ``X = scale * x``, with the Gram matrix G on the smaller side.
+    """``out_scale * X q_k(G)`` for ``X = scale * x``, with the Gram matrix G of X on the smaller side.
 
     ``x`` may be a stack ``(..., m, n)``; ``scale`` and ``out_scale`` are per-matrix factors shaped
-    ``(..., 1, 1)`` (default 1) and ``gram`` is :func:`smaller_gram` of ``x`` when the caller has it.
-    Both factors are folded into the small n x n matrix q, so the large m x n operand is read by one
-    matrix product only and never rescaled elementwise. ``product_dtype`` (e.g. bf16): the dtype of that
-    one product and of the result; the Gram matrix and the polynomial stay in ``x``'s dtype, since
-    their alternating sums cancel (a narrow dtype there would wreck the singular-value map).
+    ``(..., 1, 1)`` (default 1) and ``gram`` is G, :func:`scaled_gram` of ``x`` and ``scale``, when the
+    caller has it (then the large ``x`` is read by one matrix product only and never rescaled
+    elementwise: both factors are folded into the small n x n matrix q). ``product_dtype`` (e.g. bf16):
+    the dtype of that one product and of the result; the Gram matrix and the polynomial stay in
+    ``x``'s dtype, since their alternating sums cancel (a narrow dtype there would wreck the
+    singular-value map).
     """
     coeffs = PC_COEFFICIENTS.get(check_degree(degree))
     factor = _factor(scale, out_scale)
     if coeffs is None:
         return _scaled(x, factor)
-    gram = smaller_gram(x) if gram is None else gram
-    q = _PolynomialAtGram(_scaled(gram, _factor(scale, scale)), coeffs).value()
+    gram = scaled_gram(x, scale) if gram is None else gram
+    q = _PolynomialAtGram(gram, coeffs).value()
     x, q = _in(product_dtype, x, _scaled(q, factor))
     return x @ q if is_tall(x) else q @ x
 
@@ -163,21 +175,23 @@ def polynomial_map_vjp(
     """
     coeffs = PC_COEFFICIENTS.get(check_degree(degree))
     if coeffs is None:
-        inner = _scaled((grad * x).sum(dim=(-2, -1), keepdim=True), scale)
-        inner = inner.reshape(inner.shape[:-2])
+        inner = _per_matrix_scaled((grad * x).sum(dim=(-2, -1)), scale)
         return _scaled(grad, out_scale), inner, inner
     tall = is_tall(x)
-    gram = smaller_gram(x) if gram is None else gram
-    gram = _scaled(gram, _factor(scale, scale))
+    gram = scaled_gram(x, scale) if gram is None else gram
     polynomial = _PolynomialAtGram(gram, coeffs)
     q = polynomial.value()
     x, grad = _in(product_dtype, x, grad)
     xt, gt = (x, grad) if tall else (x.mT, grad.mT)
-    a = _scaled((xt.mT @ gt).to(gram.dtype), scale)
-    inner = _inner(a, q)
+    # A = scale * a with a = x^T grad: everything below is linear in A, so scale goes into the per-matrix
+    # scalars and into the one scaling of Dq's result instead of a pass over a.
+    a = (xt.mT @ gt).to(gram.dtype)
+    inner_a = _inner(a, q)
     sym = polynomial.derivative(a + a.mT)
-    along_x = inner + _inner(sym, gram)
-    q, sym = _in(product_dtype, _scaled(q, out_scale), _scaled(sym, _factor(scale, out_scale)))
+    along_x = _per_matrix_scaled(inner_a + _inner(sym, gram), scale)
+    inner = _per_matrix_scaled(inner_a, scale)
+    sym_scale = _factor(_factor(scale, scale), out_scale)
+    q, sym = _in(product_dtype, _scaled(q, out_scale), _scaled(sym, sym_scale))
     # Both q(G) and Dq[A + A^T] are symmetric, so the wide case's transpose is formed directly (contiguous).
     if tall:
         return add_matmul_(grad @ q, x, sym), inner, along_x

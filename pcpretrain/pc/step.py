@@ -10,10 +10,13 @@ backward) costs more than the model's own matmuls for the 1B shapes. Here, per o
 - :meth:`PCStep.update_spectral` runs the power iteration after the optimizer step.
 
 The Gram matrix of each raw weight (on its smaller side) is the one large product the three phases
-share: the power iteration computes it for the new weights and iterates on it, ``begin`` of the next
-step builds W_eff from it and ``finish`` differentiates with it. It is kept from one phase to the next
-while the weights stay unchanged (their version counters say so), and dropped after ``finish``: one
-float32 n x n matrix per PC layer while the step runs.
+share: the power iteration computes it for the new weights and iterates on it, then scales it once into
+the Gram matrix of X = W / sigma, from which ``begin`` of the next step builds W_eff and ``finish``
+differentiates. It is kept from one phase to the next while the weights stay unchanged (their version
+counters say so), and dropped after ``finish``: one float32 n x n matrix per PC layer while the step
+runs. Where stacking the weights is a local copy (one process, DDP), the power iteration's stack is
+kept for ``begin`` too, so the weights are stacked twice per step, not three times; it is released
+before the micro-batches.
 
 All three work on stacks of same-shaped layers (:mod:`pcpretrain.pc.groups`), so kernel launches
 depend on the number of shapes, not layers. With several ranks each stack is split into contiguous
@@ -35,7 +38,7 @@ from pcpretrain.pc.layers import PCLinear, pc_modules
 from pcpretrain.pc.polynomial import smaller_gram
 from pcpretrain.pc.precision import autocast_off, compute_dtype, cuda_tf32
 from pcpretrain.pc.spectral import power_iteration_, power_iteration_with_gram_, spectral_norm_estimate
-from pcpretrain.pc.transform import effective_weight, effective_weight_vjp
+from pcpretrain.pc.transform import effective_weight, effective_weight_vjp, normalize_gram_
 from pcpretrain.sharding import (
     as_shard_of,
     broadcast_slices,
@@ -48,6 +51,7 @@ from pcpretrain.sharding import (
     rows_sharded,
     shards_of_own_slice,
     slice_bounds,
+    stacks_locally,
 )
 
 
@@ -76,7 +80,7 @@ def _accumulate(param: Tensor, grad: Tensor) -> None:
 
 
 def _with_gram(weights: Tensor) -> tuple[Tensor, Tensor]:
-    """The weights in the transform's dtype and their Gram matrices on the smaller side (autocast off)."""
+    """The weights in the transform's dtype and their own Gram matrices on the smaller side (autocast off)."""
     with autocast_off(weights.device.type):
         w = weights.to(compute_dtype(weights.dtype))
         return w, smaller_gram(w)
@@ -92,10 +96,13 @@ class _Group:
         self.start, self.end = self.bounds[rank]
         self.grad_sum: Tensor | None = None
         self.sigma: Tensor | None = None
-        # This rank's slice: the raw weights' Gram matrices and sigma estimates, and the weights' version
-        # counters they were computed at (see the module docstring).
+        # This rank's slice, kept from one phase to the next (see the module docstring): the Gram
+        # matrices of X = W / sigma, the sigma estimates, the stacked weights (from the power iteration to
+        # the next begin only, where stacking them is a local copy), and the weights' version counters
+        # they were computed at.
         self._gram: tuple[Tensor, Tensor] | None = None
-        self._gram_versions: tuple[int, ...] = ()
+        self._stack: Tensor | None = None
+        self._kept_versions: tuple[int, ...] = ()
 
     @property
     def owns_any(self) -> bool:
@@ -106,7 +113,11 @@ class _Group:
         return self.end - self.start == len(self.modules)
 
     def weights(self) -> Tensor:
-        """Whole raw weights of this rank's slice (collective where the engine shards them)."""
+        """Whole raw weights of this rank's slice (collective where the engine shards them): the kept stack
+        once if the weights have not changed since, else a new one."""
+        stack, self._stack = self._stack, None
+        if stack is not None and self._kept_versions == self._versions():
+            return stack
         return own_slice_stack([mod.weight for mod in self.modules], self.rank, self.world)
 
     def gammas(self) -> Tensor:
@@ -122,17 +133,22 @@ class _Group:
             v for mod in self.modules for v in (mod.weight._version, local_shard(mod.weight)._version)
         )
 
-    def keep_gram(self, gram: Tensor, sigma: Tensor) -> None:
-        """Keep the slice's Gram matrices and sigmas for the next phase, valid while the weights stay."""
-        self._gram, self._gram_versions = (gram, sigma), self._versions()
+    def keep(self, gram: Tensor, sigma: Tensor, weights: Tensor | None = None) -> None:
+        """Keep the slice's Gram matrices of X and sigmas for the next phases, and ``weights`` (its
+        stacked weights) for the next :meth:`weights` where stacking them gathers nothing; valid while
+        the weights stay."""
+        self._gram, self._kept_versions = (gram, sigma), self._versions()
+        self._stack = weights if stacks_locally(self.modules[0].weight) else None
 
     def gram_and_sigma(self, weights: Tensor, u: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """The slice's Gram matrices and sigmas: the kept ones if the weights have not changed since."""
-        if self._gram is not None and self._gram_versions == self._versions():
+        """The slice's Gram matrices of X = W / sigma and sigmas: the kept ones if the weights have not
+        changed since."""
+        if self._gram is not None and self._kept_versions == self._versions():
             return self._gram
         w, gram = _with_gram(weights)
         with autocast_off(w.device.type):
-            return gram, spectral_norm_estimate(w, u, v)
+            sigma = spectral_norm_estimate(w, u, v)
+        return normalize_gram_(gram, sigma), sigma
 
     def drop_gram(self) -> None:
         self._gram = None
@@ -215,14 +231,14 @@ class PCStep:
                 product_dtype=self.product_dtype,
                 out_dtype=dtype,
             )
-            group.keep_gram(gram, sigma)
+            group.keep(gram, sigma)
         # With nothing to share, this rank's result is the stack (no copy into one of its own).
         stack = mine if group.owns_all else group.stack_like(dtype)
         if mine is not None and stack is not mine:
             stack[group.start : group.end] = mine
         del weights
         broadcast_slices(stack, group.bounds)
-        group.grad_sum = torch.zeros_like(stack, dtype=compute_dtype(dtype))
+        group.grad_sum = torch.empty_like(stack, dtype=compute_dtype(dtype))
         for mod, weight, grad_sum in zip(group.modules, stack, group.grad_sum, strict=True):
             mod.begin_step(weight, grad_sum)
 
@@ -312,7 +328,7 @@ class PCStep:
                 power_iteration_with_gram_(w, gram, u[rows], v[rows], iters)
                 with autocast_off(w.device.type):
                     sigma[rows] = spectral_norm_estimate(w, u[rows], v[rows])
-                group.keep_gram(gram, sigma[rows])
+                group.keep(normalize_gram_(gram, sigma[rows]), sigma[rows], w)
             else:
                 power_iteration_(weights, u[rows], v[rows], iters)
                 sigma[rows] = spectral_norm_estimate(weights.to(u.dtype), u[rows], v[rows])

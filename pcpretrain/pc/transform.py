@@ -31,6 +31,14 @@ def _sigma(w: Tensor, u: Tensor, v: Tensor, sigma: Tensor | None) -> Tensor:
     return _per_matrix(spectral_norm_estimate(w, u, v) if sigma is None else sigma.to(w.dtype), w)
 
 
+def normalize_gram_(gram: Tensor, sigma: Tensor) -> Tensor:
+    """W's Gram matrix (``smaller_gram`` of the float32 weights) turned in place into that of
+    X = W / sigma, as the transform computes it: the ``gram`` that :func:`effective_weight` and
+    :func:`effective_weight_vjp` take. Done once per step where both phases use it."""
+    scale = 1 / _per_matrix(sigma.to(gram.dtype), gram)
+    return gram.mul_(scale * scale)
+
+
 def effective_weight(
     weight: Tensor,
     gamma: Tensor,
@@ -52,10 +60,11 @@ def effective_weight(
     equal the weights used in training exactly.
 
     X is never formed: W_eff = W (gamma sg(sigma) / sigma) q_k(W^T W / sigma^2), every scalar folded into
-    the small matrix. ``gram`` (W^T W or W W^T, the smaller side, of the float32 weight) and ``sigma``
-    (u^T W v + eps) may come from the caller, who computed them for the same weight; no gradient flows
-    through a given sigma. ``product_dtype`` (``pc.bf16_products``): the dtype of the one product with
-    the large W (see :func:`polynomial_map`). The result comes in ``out_dtype`` (default: the weight's).
+    the small matrix. ``gram`` (the Gram matrix of X on the smaller side, see :func:`normalize_gram_`) and
+    ``sigma`` (u^T W v + eps) may come from the caller, who computed them for the same weight; no
+    gradient flows through a given sigma. ``product_dtype`` (``pc.bf16_products``): the dtype of the
+    one product with the large W (see :func:`polynomial_map`). The result comes in ``out_dtype``
+    (default: the weight's).
     """
     with autocast_off(weight.device.type):
         dtype = compute_dtype(weight.dtype)

@@ -8,7 +8,7 @@ from pc_reference import F64, SHAPES, rand, unit
 
 from pcpretrain.pc.polynomial import polynomial_map, polynomial_map_vjp, smaller_gram
 from pcpretrain.pc.spectral import power_iteration_, power_iteration_with_gram_, spectral_norm_estimate
-from pcpretrain.pc.transform import effective_weight, effective_weight_vjp
+from pcpretrain.pc.transform import effective_weight, effective_weight_vjp, normalize_gram_
 
 BATCH = 3
 
@@ -91,7 +91,8 @@ def test_power_iteration_from_the_gram_gives_the_same_iterates(shape, iters) -> 
 def test_a_given_gram_and_sigma_give_what_the_transform_computes_itself(shape, degree) -> None:
     s = stack(shape, seed=5)
     w, gamma, u, v, grad = s["weight"], s["gamma"], s["u"], s["v"], s["grad"]
-    given = {"gram": smaller_gram(w), "sigma": spectral_norm_estimate(w, u, v)}
+    sigma = spectral_norm_estimate(w, u, v)
+    given = {"gram": normalize_gram_(smaller_gram(w), sigma), "sigma": sigma}
     torch.testing.assert_close(
         effective_weight(w, gamma, u, v, degree, **given),
         effective_weight(w, gamma, u, v, degree),

@@ -228,8 +228,16 @@ def test_the_gram_kept_between_phases_is_dropped_when_the_weights_change(monkeyp
 
     model = tiny_llama().to(F64).train()
     apply_pc(model, 4)
-    grams = []
+    grams, stacks = [], []
     monkeypatch.setattr(pc_step, "smaller_gram", lambda w: grams.append(len(w)) or smaller_gram(w))
+    weights = {id(mod.weight) for _, mod in pc_modules(model)}
+    own_slice_stack = pc_step.own_slice_stack
+
+    def counted_stack(params, rank, world):
+        stacks.extend([1] if id(params[0]) in weights else [])
+        return own_slice_stack(params, rank, world)
+
+    monkeypatch.setattr(pc_step, "own_slice_stack", counted_stack)
     step = PCStep(model)
     modules = [mod for _, mod in pc_modules(model)]
     tokens = torch.randint(0, 128, (2, 8), generator=torch.Generator().manual_seed(0))
@@ -252,6 +260,24 @@ def test_the_gram_kept_between_phases_is_dropped_when_the_weights_change(monkeyp
     # Step 1 computes its Gram, steps 2 and 3 reuse the power iteration's, except for the group changed by
     # hand before step 3.
     assert len(grams) == groups + 3 * groups + 1
+    # The weights are stacked in begin, finish and the power iteration of step 1; steps 2 and 3 begin
+    # with the power iteration's stack, except for the group changed by hand.
+    assert len(stacks) == 3 * groups + 2 * 2 * groups + 1
+
+
+def test_a_layer_no_micro_batch_reached_gets_a_zero_gradient() -> None:
+    """The step's gradient buffers start uninitialised (the first gradient is copied in): a step with
+    no backward at all must still hand the weights zeros, not what the memory held."""
+    model = tiny_llama().to(F64).train()
+    apply_pc(model, 4)
+    step = PCStep(model)
+    step.begin()
+    for _, mod in pc_modules(model):
+        mod.step_grad.fill_(float("nan"))
+    step.finish()
+    for _, mod in pc_modules(model):
+        assert torch.equal(mod.weight.grad, torch.zeros_like(mod.weight))
+        assert torch.equal(mod.pc_gamma.grad, torch.zeros_like(mod.pc_gamma))
 
 
 def test_per_step_transform_is_computed_once_and_shared_by_micro_batches(monkeypatch) -> None:
