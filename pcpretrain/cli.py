@@ -72,18 +72,17 @@ def train_command(overrides: list[str]) -> int:
     install_setup_handlers()  # before anything slow: a stop signal during setup exits cleanly
     import hydra
 
-    from pcpretrain.config import ConfigError, check_override_keys, register_configs
+    from pcpretrain.config import CONFIG_DIR, ConfigError, check_override_keys, register_configs
     from pcpretrain.sweep import register_sweep_resolver
 
-    config_dir = Path(__file__).resolve().parent / "configs"
     try:
-        check_override_keys([o for o in overrides if not o.startswith("-")], _groups(config_dir))
+        check_override_keys([o for o in overrides if not o.startswith("-")], _groups(CONFIG_DIR))
     except ConfigError as exc:
         print(f"pcpretrain: configuration error: {exc}", file=sys.stderr)
         return BAD_INPUT
     register_configs()
     register_sweep_resolver(overrides)
-    task = hydra.main(config_path=str(config_dir), config_name="train", version_base="1.3")(_train_task)
+    task = hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")(_train_task)
     saved_argv = sys.argv
     sys.argv = ["pcpretrain-train", *overrides]
     try:
@@ -277,18 +276,13 @@ def schedule_command(args: list[str]) -> int:
     parser.add_argument("overrides", nargs="*", help="the same overrides as for train")
     parser.add_argument("--png", type=Path, default=None, help="also plot the schedule to this PNG")
     ns = parser.parse_args(args)
-    from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
 
     from pcpretrain.analysis.schedule_preview import plot_schedule, schedule_table
-    from pcpretrain.config import ConfigError, register_configs, to_train_config, validate
+    from pcpretrain.config import ConfigError, compose_train_config, validate
 
-    register_configs()
     try:
-        with initialize_config_dir(
-            config_dir=str(Path(__file__).resolve().parent / "configs"), version_base="1.3"
-        ):
-            cfg = to_train_config(compose(config_name="train", overrides=ns.overrides))
+        cfg = compose_train_config(ns.overrides)
         validate(cfg)
     except (ConfigError, HydraException) as exc:
         print(f"pcpretrain schedule: configuration error: {exc}", file=sys.stderr)

@@ -615,6 +615,19 @@ def check_override_keys(overrides: list[str], groups: set[str]) -> None:
             node = typing.get_type_hints(node)[part]
 
 
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def compose_train_config(overrides: typing.Sequence[str] = ()) -> TrainConfig:
+    """The typed config that ``pcpretrain train <overrides>`` would run with, composed outside a Hydra
+    run (no run directory, no logging setup): for subcommands, benchmarks and tests."""
+    from hydra import compose, initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return to_train_config(compose(config_name="train", overrides=list(overrides)))
+
+
 def to_train_config(cfg: DictConfig | dict) -> TrainConfig:
     """Turn a composed (or saved) config into typed dataclasses, rejecting unknown keys."""
     schema = OmegaConf.structured(TrainConfig)

@@ -19,18 +19,15 @@ import argparse
 import sys
 import time
 import traceback
-from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
 from pcpretrain import pc
-from pcpretrain.config import register_configs, to_train_config
+from pcpretrain.config import compose_train_config
 from pcpretrain.model import build_model
 from pcpretrain.op_costs import OpCosts
 from pcpretrain.optim import build_optimizer
 
-CONFIGS = Path(__file__).resolve().parents[1] / "pcpretrain" / "configs"
 # Row name: optimizer config, PC degree of the model, further overrides.
 ROWS: dict[str, tuple[str, int, tuple[str, ...]]] = {
     "adamw": ("adamw", 4, ()),
@@ -43,17 +40,9 @@ ROWS: dict[str, tuple[str, int, tuple[str, ...]]] = {
 COUNTED = ("muon", "muon-gram")
 
 
-def optimizer_config(name: str, model: str, extra: tuple[str, ...] = ()):
-    register_configs()
-    overrides = [f"optimizer={name}", f"model={model}", *extra]
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = to_train_config(compose(config_name="train", overrides=overrides))
-    return cfg
-
-
 def build(name: str, model_name: str, degree: int, device: torch.device, extra: tuple[str, ...] = ()):
     """The model with PC layers of ``degree`` and random gradients, and the row's optimizer over it."""
-    cfg = optimizer_config(name, model_name, extra)
+    cfg = compose_train_config([f"optimizer={name}", f"model={model_name}", *extra])
     torch.manual_seed(0)
     with device:  # built where it runs: no 1B model on the host just to count a meta step
         model = build_model(cfg.model, cfg.model.vocab_size or 32000)

@@ -19,19 +19,15 @@ import argparse
 import time
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
 from pcpretrain import pc
-from pcpretrain.config import register_configs, to_train_config
+from pcpretrain.config import compose_train_config
 from pcpretrain.model import build_model
 from pcpretrain.op_costs import OpCosts
 from pcpretrain.pc.layers import pc_modules
 from pcpretrain.pc.step import PCStep
-
-CONFIGS = Path(__file__).resolve().parents[1] / "pcpretrain" / "configs"
 
 
 def timed(device: torch.device, phase: Callable[[], None]) -> float:
@@ -45,10 +41,8 @@ def timed(device: torch.device, phase: Callable[[], None]) -> float:
 
 
 def build_pc_model(model_name: str, layers: int | None, degree: int, device: torch.device) -> torch.nn.Module:
-    register_configs()
     overrides = [f"model={model_name}", *([f"model.num_layers={layers}"] if layers else [])]
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = to_train_config(compose(config_name="train", overrides=["~experiment", *overrides]))
+    cfg = compose_train_config(["~experiment", *overrides])
     torch.manual_seed(0)
     with device:  # built where it runs: no 1B model on the host just to count a meta step
         model = build_model(cfg.model, cfg.model.vocab_size or 32000)

@@ -24,9 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra import compose, initialize_config_dir
 
-from pcpretrain.config import TrainConfig, register_configs, to_train_config
+from pcpretrain.config import TrainConfig, compose_train_config
 from pcpretrain.model import flops_per_token, peak_flops
 from pcpretrain.train.callbacks.base import Callback
 from pcpretrain.train.callbacks.profiler import Profiler
@@ -35,7 +34,6 @@ from pcpretrain.train.run import build_training_parts
 from pcpretrain.train.state import TrainState
 from pcpretrain.train.trainer import Trainer
 
-CONFIGS = Path(__file__).resolve().parents[1] / "pcpretrain" / "configs"
 VARIANTS = {
     "baseline": ["pc.degree=0"],
     "pc4": ["pc.degree=4"],
@@ -129,9 +127,7 @@ class OptimizerTimer:
 
 
 def variant_config(overrides: list[str]) -> TrainConfig:
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return to_train_config(compose(config_name="train", overrides=["~experiment", *overrides]))
+    return compose_train_config(["~experiment", *overrides])
 
 
 def run_variant(

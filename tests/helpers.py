@@ -132,14 +132,9 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 def compose_config(*overrides: str):
     """The typed config that ``pcpretrain train <overrides>`` would run with (no Hydra run dir)."""
-    from hydra import compose, initialize_config_dir
+    from pcpretrain.config import compose_train_config
 
-    from pcpretrain.config import register_configs, to_train_config
-
-    register_configs()
-    config_dir = REPO_ROOT / "pcpretrain" / "configs"
-    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-        return to_train_config(compose(config_name="train", overrides=list(overrides)))
+    return compose_train_config(overrides)
 
 
 def tiny_config(run_dir: Path, *overrides: str):
