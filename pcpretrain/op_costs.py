@@ -6,6 +6,8 @@ ops' memory traffic at the device's bandwidth. Counting both under a dispatch mo
 for any shapes, also on the ``meta`` device, where nothing is computed: the 1B model's figures come out
 on a laptop. Ops that move no data (views, allocations) count nothing; an op counts every tensor it
 reads once and every tensor it writes once (mutated arguments, ``out=`` arguments, fresh results).
+Products with a dimension of 1 (matrix-vector, outer and dot products) count both: their FLOPs are
+negligible and their traffic is what they cost, so leaving it out would hide them from the floor.
 """
 
 from __future__ import annotations
@@ -49,6 +51,14 @@ def product_flops(name: str, args: tuple[Any, ...], out: torch.Tensor) -> int:
     return 2 * out.numel() * args[PRODUCTS[name]].shape[-1]
 
 
+def bandwidth_bound(name: str, args: tuple[Any, ...], out: torch.Tensor) -> bool:
+    """Whether a product has a dimension of 1 (matrix-vector, outer or dot product, per matrix of a
+    stack): about one multiply-add per element it reads or writes, so memory traffic, not the matmul
+    rate, sets its time."""
+    rows, cols = (1, 1) if out.ndim == 0 else (1, out.shape[-1]) if out.ndim == 1 else out.shape[-2:]
+    return min(rows, cols, args[PRODUCTS[name]].shape[-1]) == 1
+
+
 def op_bytes(func: torch._ops.OpOverload, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
     """Bytes ``func`` reads and writes: its tensor inputs once, plus what it writes once."""
     name = func.overloadpacket.__name__
@@ -74,8 +84,9 @@ def op_bytes(func: torch._ops.OpOverload, args: tuple[Any, ...], kwargs: dict[st
 
 
 class OpCosts(TorchDispatchMode):
-    """Counts, while active, the FLOPs of matrix products and the bytes of every other op, in total
-    (``flops``, ``other_bytes``) and per op name (``bytes_by_op``, to see which op moves the most)."""
+    """Counts, while active, the FLOPs of matrix products and the bytes of every other op and of the
+    bandwidth-bound products, in total (``flops``, ``other_bytes``) and per op name (``bytes_by_op``,
+    to see which op moves the most)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -89,7 +100,7 @@ class OpCosts(TorchDispatchMode):
         name = func.overloadpacket.__name__
         if name in PRODUCTS:
             self.flops += product_flops(name, args, out)
-        else:
+        if name not in PRODUCTS or bandwidth_bound(name, args, out):
             moved = op_bytes(func, args, kwargs, out)
             self.other_bytes += moved
             self.bytes_by_op[name] += moved

@@ -14,18 +14,31 @@ FLOAT = 4  # bytes per float32 element
 def test_products_count_two_flops_per_multiply_add_and_no_bytes(device: str) -> None:
     a, b = torch.ones(3, 5, device=device), torch.ones(5, 7, device=device)
     stack_a, stack_b = torch.ones(2, 3, 5, device=device), torch.ones(2, 5, 7, device=device)
-    c, stack_c, v = (
-        torch.zeros(3, 7, device=device),
-        torch.zeros(2, 3, 7, device=device),
-        torch.ones(5, device=device),
-    )
+    c, stack_c = torch.zeros(3, 7, device=device), torch.zeros(2, 3, 7, device=device)
     with OpCosts() as costs:
         _ = a @ b
         torch.addmm(c, a, b)
         torch.baddbmm(stack_c, stack_a, stack_b)
-        torch.mv(a, v)
-    assert costs.flops == 2 * (3 * 5 * 7 + 3 * 5 * 7 + 2 * 3 * 5 * 7 + 3 * 5)
+    assert costs.flops == 2 * (3 * 5 * 7 + 3 * 5 * 7 + 2 * 3 * 5 * 7)
     assert costs.other_bytes == 0
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_products_with_a_dimension_of_one_also_count_their_bytes(device: str) -> None:
+    """Matrix-vector, outer and dot products (also per matrix of a stack) are bandwidth-bound."""
+    a, v = torch.ones(3, 5, device=device), torch.ones(5, device=device)
+    stack, column = torch.ones(2, 3, 5, device=device), torch.ones(2, 5, 1, device=device)
+    rows, out = torch.ones(2, 1, 15, device=device), torch.zeros(2, 3, 5, device=device)
+    left, right = torch.ones(2, 3, 1, device=device), torch.ones(2, 1, 5, device=device)
+    with OpCosts() as costs:
+        torch.mv(a, v)  # reads 15 + 5, writes 3
+        torch.dot(v, v)  # reads 5 + 5, writes 1
+        _ = stack @ column  # a stack of matrix-vector products: reads 30 + 10, writes 6
+        _ = rows @ rows.mT  # a stack of dot products: reads 30 + 30, writes 2
+        out.baddbmm_(left, right)  # rank one: K = 1
+    assert costs.flops == 2 * (15 + 5 + 30 + 30 + 30)
+    rank_one = 30 + 6 + 10 + 30  # out read, the two factors read, out written
+    assert costs.other_bytes == FLOAT * (23 + 11 + 46 + 62 + rank_one)
 
 
 def test_elementwise_ops_count_what_they_read_and_write() -> None:
