@@ -82,8 +82,9 @@ class PCConfig:
     # error in W_eff, below the bf16 rounding of W_eff in the forward; false: exact float32.
     tf32: bool = True
     # bf16 for the per-step transform's products with the large m x n matrices (the Gram matrix and the
-    # polynomial stay float32): faster on GPUs, at bf16-level error in W_eff and dL/dW.
-    bf16_products: bool = False
+    # polynomial stay float32): faster on GPUs, at bf16-level error in W_eff and dL/dW. null: on where the
+    # forward runs in bf16 (bf16 autocast), off elsewhere.
+    bf16_products: bool | None = None
 
 
 @dataclass

@@ -6,7 +6,8 @@ and prints milliseconds per phase, the matmul FLOPs each phase does and the rate
 gigabytes its other ops read and write (both counted per aten op in one more, untimed step, by
 :class:`pcpretrain.op_costs.OpCosts`): the two floors, compute and memory traffic, to hold the time
 against. On a GPU the transform runs as in
-training (TF32 unless ``--no-tf32``, W_eff kept in bf16).
+training (TF32 unless ``--no-tf32``, its products with the large matrices in bf16 unless
+``--no-bf16-products``, W_eff kept in bf16).
 
     python scripts/bench_pc_step.py                          # 1B shapes on the GPU
     python scripts/bench_pc_step.py --model 271M --layers 2  # a CPU-sized slice with the 1B aspect ratios
@@ -27,6 +28,7 @@ from pcpretrain.config import compose_train_config
 from pcpretrain.model import build_model
 from pcpretrain.op_costs import OpCosts
 from pcpretrain.pc.layers import pc_modules
+from pcpretrain.pc.precision import product_dtype
 from pcpretrain.pc.step import PCStep
 
 
@@ -60,7 +62,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--no-tf32", action="store_true", help="float32 matmuls in the transform on CUDA")
-    parser.add_argument("--bf16-products", action="store_true", help="as pc.bf16_products=true")
+    parser.add_argument(
+        "--bf16-products",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="as pc.bf16_products=true/false; by default as training: on where W_eff is kept in bf16 "
+        "(on a GPU and on the meta device), off on a CPU",
+    )
     parser.add_argument(
         "--count-only", action="store_true", help="count FLOPs and bytes on the meta device, time nothing"
     )
@@ -73,9 +81,12 @@ def main() -> None:
     model = build_pc_model(args.model, args.layers, args.degree, device)
     layers = [mod for _, mod in pc_modules(model)]
     forward_dtype = torch.bfloat16 if device.type in ("cuda", "meta") else None
-    product_dtype = torch.bfloat16 if args.bf16_products else None
     step = PCStep(
-        model, forward_dtype=forward_dtype, tf32=not args.no_tf32, product_dtype=product_dtype, split=False
+        model,
+        forward_dtype=forward_dtype,
+        tf32=not args.no_tf32,
+        product_dtype=product_dtype(args.bf16_products, forward_dtype),
+        split=False,
     )
     grads = [torch.randn_like(layer.weight, dtype=torch.float32) * 1e-3 for layer in layers]
 
@@ -113,7 +124,11 @@ def main() -> None:
     one_step(count)
 
     shapes = dict(sorted(Counter(tuple(layer.weight.shape) for layer in layers).items()))
-    print(f"{len(layers)} PC layers, layers per shape {shapes}, degree {args.degree}, {device.type}")
+    products = "bf16" if step.product_dtype == torch.bfloat16 else "float32"
+    print(
+        f"{len(layers)} PC layers, layers per shape {shapes}, degree {args.degree}, {device.type}, "
+        f"products with the large matrices in {products}"
+    )
     for totals in (seconds, flops, traffic):
         totals["total"] = sum(totals.values())
     print(f"{'phase':<10}{'ms':>10}{'GFLOP':>12}{'TFLOP/s':>10}{'other GB':>10}")

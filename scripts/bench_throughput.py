@@ -40,6 +40,7 @@ VARIANTS = {
     "pc4-forward": ["pc.degree=4", "pc.transform_every=forward"],
     "pc4-fp32": ["pc.degree=4", "pc.tf32=false"],
     "pc4-bf16": ["pc.degree=4", "pc.bf16_products=true"],
+    "pc4-tf32": ["pc.degree=4", "pc.bf16_products=false"],
     "baseline-full-logits": ["pc.degree=0", "trainer.loss_chunk_tokens=0"],
     "muon": ["optimizer=muon", "pc.degree=0"],
     "muon-gram": ["optimizer=muon", "pc.degree=0", "optimizer.ns_method=gram"],
@@ -55,7 +56,6 @@ VARIANTS = {
         "pc.degree=2",
         "optimizer.ns_method=gram",
         "optimizer.compile=true",
-        "pc.bf16_products=true",
     ],
 }
 TINY = ["model=tiny", "model.vocab_size=512"]

@@ -5,16 +5,17 @@
 #   bash scripts/measure_gpu.sh [out-dir] [name ...]    # default: gpu-measurements/, every name below
 #
 # Names, roughly in order of cost on one H100 (Llama-1B shapes):
-#   pc_step, pc_step_bf16   the PC phases alone (bench_pc_step.py), TF32 and with pc.bf16_products
+#   pc_step, pc_step_tf32   the PC phases alone (bench_pc_step.py), as training runs them (bf16
+#                           products) and with every product in TF32 (pc.bf16_products=false)
 #   optimizer               AdamW and Muon (standard or Gram Newton-Schulz, eager or compiled), the step alone
 #   numerics                the transform's error against float64 on the GPU (pc_numerics.py)
-#   throughput              baseline, pc4, pc4-bf16, muon, muon-gram, muon-gram-compiled, muon-pc2,
+#   throughput              baseline, pc4, pc4-tf32, muon, muon-gram, muon-gram-compiled, muon-pc2,
 #                           muon-pc2-fast side by side, 4 micro-batches: the table with and
 #                           without each fast option (about 30 s a variant on an H100, more with compile)
-#   profile                 one profiled step of baseline, pc4-bf16, muon-gram-compiled, muon-pc2-fast:
+#   profile                 one profiled step of baseline, pc4, muon-gram-compiled, muon-pc2-fast:
 #                           <out>/profile/<variant>/top_ops_*.txt, time per step phase, then top ops
 #                           (the traces are deleted: too large to bring back from a lent machine)
-#   throughput_10mb         baseline, pc4, pc4-bf16 at 10 micro-batches
+#   throughput_10mb         baseline, pc4, pc4-tf32 at 10 micro-batches
 #   gpu_tests               tests/train/test_gpu.py (needs pytest and pytest-xdist)
 # A variant's peak memory is its own only if "start GiB" reads ~0 in the throughput tables; otherwise
 # measure memory one variant per process (bench_throughput.py --variants <one>).
@@ -23,7 +24,7 @@ cd "$(dirname "$0")/.."
 out="${1:-gpu-measurements}"
 shift || true
 names=("$@")
-[ ${#names[@]} -eq 0 ] && names=(throughput profile throughput_10mb pc_step pc_step_bf16 optimizer numerics gpu_tests)
+[ ${#names[@]} -eq 0 ] && names=(throughput profile throughput_10mb pc_step pc_step_tf32 optimizer numerics gpu_tests)
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader >"$out/device.txt" 2>&1
 
@@ -39,19 +40,19 @@ run() {
 for name in "${names[@]}"; do
     case "$name" in
         pc_step) run "$name" 120 python scripts/bench_pc_step.py --steps 5 --warmup 2 ;;
-        pc_step_bf16) run "$name" 120 python scripts/bench_pc_step.py --steps 5 --warmup 2 --bf16-products ;;
+        pc_step_tf32) run "$name" 120 python scripts/bench_pc_step.py --steps 5 --warmup 2 --no-bf16-products ;;
         optimizer) run "$name" 240 python scripts/bench_optimizer.py --steps 5 --warmup 2 ;;
         numerics) run "$name" 120 python scripts/pc_numerics.py ;;
         throughput)
             run "$name" 480 python scripts/bench_throughput.py --steps 4 --warmup 2 --variants baseline \
-                pc4 pc4-bf16 muon muon-gram muon-gram-compiled muon-pc2 muon-pc2-fast ;;
+                pc4 pc4-tf32 muon muon-gram muon-gram-compiled muon-pc2 muon-pc2-fast ;;
         profile)
             run "$name" 240 python scripts/bench_throughput.py --steps 1 --warmup 2 \
-                --variants baseline pc4-bf16 muon-gram-compiled muon-pc2-fast --profile "$out/profile"
+                --variants baseline pc4 muon-gram-compiled muon-pc2-fast --profile "$out/profile"
             find "$out/profile" -name 'trace_*.json' -delete ;;
         throughput_10mb)
             run "$name" 240 python scripts/bench_throughput.py --steps 3 --warmup 2 --micro-batches 10 \
-                --variants baseline pc4 pc4-bf16 ;;
+                --variants baseline pc4 pc4-tf32 ;;
         gpu_tests) run "$name" 240 python -m pytest -q -p no:cacheprovider -n 0 tests/train/test_gpu.py ;;
         *) echo "unknown measurement $name" >&2 ;;
     esac

@@ -107,18 +107,21 @@ def _factor(a: Tensor | None, b: Tensor | None) -> Tensor | None:
     return a * b
 
 
-def _scaled(t: Tensor, factor: Tensor | None) -> Tensor:
-    return t if factor is None else t * factor
+def _scaled(t: Tensor, factor: Tensor | None, dtype: torch.dtype | None = None) -> Tensor:
+    """``factor * t``, written in ``dtype`` (default: ``t``'s) by the same pass that scales it: the small
+    matrices that meet the large one in a bf16 product are scaled and cast at once. (Casting while
+    scaling writes to an ``out=`` tensor, which autograd refuses: only the gradient-free per-step
+    transform asks for another dtype.)"""
+    if dtype is None or dtype == t.dtype:
+        return t if factor is None else t * factor
+    if factor is None:
+        return t.to(dtype)
+    return torch.mul(t, factor, out=torch.empty_like(t, dtype=dtype))
 
 
 def _per_matrix_scaled(values: Tensor, factor: Tensor | None) -> Tensor:
     """Per-matrix ``values`` (shape ``(...)``) times a per-matrix factor shaped ``(..., 1, 1)``."""
     return values if factor is None else values * factor.reshape(values.shape)
-
-
-def _in(dtype: torch.dtype | None, *tensors: Tensor) -> list[Tensor]:
-    """The tensors in ``dtype`` (unchanged for None): the operands of a product with the large matrix."""
-    return [t if dtype is None else t.to(dtype) for t in tensors]
 
 
 def polynomial_map(
@@ -146,7 +149,7 @@ def polynomial_map(
         return _scaled(x, factor)
     gram = scaled_gram(x, scale) if gram is None else gram
     q = _PolynomialAtGram(gram, coeffs).value()
-    x, q = _in(product_dtype, x, _scaled(q, factor))
+    x, q = _scaled(x, None, product_dtype), _scaled(q, factor, product_dtype)
     return x @ q if is_tall(x) else q @ x
 
 
@@ -181,7 +184,7 @@ def polynomial_map_vjp(
     gram = scaled_gram(x, scale) if gram is None else gram
     polynomial = _PolynomialAtGram(gram, coeffs)
     q = polynomial.value()
-    x, grad = _in(product_dtype, x, grad)
+    x, grad = _scaled(x, None, product_dtype), _scaled(grad, None, product_dtype)
     xt, gt = (x, grad) if tall else (x.mT, grad.mT)
     # A = scale * a with a = x^T grad: everything below is linear in A, so scale goes into the per-matrix
     # scalars and into the one scaling of Dq's result instead of a pass over a.
@@ -191,7 +194,7 @@ def polynomial_map_vjp(
     along_x = _per_matrix_scaled(inner_a + _inner(sym, gram), scale)
     inner = _per_matrix_scaled(inner_a, scale)
     sym_scale = _factor(_factor(scale, scale), out_scale)
-    q, sym = _in(product_dtype, _scaled(q, out_scale), _scaled(sym, sym_scale))
+    q, sym = _scaled(q, out_scale, product_dtype), _scaled(sym, sym_scale, product_dtype)
     # Both q(G) and Dq[A + A^T] are symmetric, so the wide case's transpose is formed directly (contiguous).
     if tall:
         return add_matmul_(grad @ q, x, sym), inner, along_x

@@ -13,6 +13,16 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def product_dtype(requested: bool | None, forward_dtype: torch.dtype | None) -> torch.dtype | None:
+    """The dtype of the per-step transform's products with the large matrices (``pc.bf16_products``):
+    bf16 when asked, and by default (``None``) when the forward runs in bf16 anyway, where W_eff is
+    rounded to bf16 for every matmul and bf16 products add error of that same order; None (float32)
+    otherwise."""
+    if requested is None:
+        requested = forward_dtype == torch.bfloat16
+    return torch.bfloat16 if requested else None
+
+
 def autocast_off(device_type: str) -> contextlib.AbstractContextManager:
     """Autocast disabled for ``device_type`` (a no-op where autocast does not exist)."""
     if torch.amp.is_autocast_available(device_type):

@@ -38,6 +38,7 @@ from pcpretrain.model import build_model, flops_per_token, peak_flops
 from pcpretrain.optim import build_optimizer, build_scheduler, reapply_schedule
 from pcpretrain.optim.routing import describe
 from pcpretrain.pc import PCStep, ddp_ignored_names
+from pcpretrain.pc.precision import product_dtype
 from pcpretrain.stop_signals import StopSignals
 from pcpretrain.train.callbacks.batch_hash import BatchHash
 from pcpretrain.train.callbacks.checkpointing import Checkpointing
@@ -49,7 +50,7 @@ from pcpretrain.train.callbacks.progress import ConsoleProgress
 from pcpretrain.train.callbacks.spectral_monitor import SpectralMonitor
 from pcpretrain.train.callbacks.speed import SpeedMonitor
 from pcpretrain.train.callbacks.wandb_logger import WandbLogger
-from pcpretrain.train.engine import SHARDED_ENGINES, build_accelerator, launched_world_size
+from pcpretrain.train.engine import SHARDED_ENGINES, build_accelerator, launched_world_size, resolve_precision
 from pcpretrain.train.preemption import Preemption
 from pcpretrain.train.state import TrainState
 from pcpretrain.train.trainer import Trainer
@@ -138,7 +139,7 @@ def build_training_parts(
         cfg.pc.degree,
         len(converted),
         "optimizer step" if per_step_pc else "micro-batch forward",
-        ", its products with the large matrices in bf16" if cfg.pc.bf16_products else "",
+        ", its products with the large matrices in bf16" if pc_product_dtype(cfg, accelerator) else "",
     )
     if per_step_pc:  # a no-op unless accelerate wraps the model in DDP (which it may do for one process)
         ddp_ignore(model, ddp_ignored_names(model))
@@ -269,10 +270,24 @@ def build_pc_step(cfg: TrainConfig, model: nn.Module, accelerator: Accelerator) 
     return PCStep(
         accelerator.unwrap_model(model),
         per_step=uses_per_step_pc(cfg),
-        forward_dtype=AUTOCAST_DTYPES.get(str(accelerator.mixed_precision)),
+        forward_dtype=forward_dtype(cfg, accelerator),
         tf32=cfg.pc.tf32,
-        product_dtype=torch.bfloat16 if cfg.pc.bf16_products else None,
+        product_dtype=pc_product_dtype(cfg, accelerator),
     )
+
+
+def forward_dtype(cfg: TrainConfig, accelerator: Accelerator) -> torch.dtype | None:
+    """The dtype autocast runs the model's matmuls in (None without mixed precision), whoever applies
+    it: accelerate, or DeepSpeed's own ``torch_autocast`` under the ZeRO engines."""
+    return AUTOCAST_DTYPES.get(resolve_precision(cfg.trainer.precision, accelerator.device.type))
+
+
+def pc_product_dtype(cfg: TrainConfig, accelerator: Accelerator) -> torch.dtype | None:
+    """The dtype of the per-step transform's products with the large matrices (``pc.bf16_products``,
+    resolved against the forward's dtype); None without the per-step transform."""
+    if not uses_per_step_pc(cfg):
+        return None
+    return product_dtype(cfg.pc.bf16_products, forward_dtype(cfg, accelerator))
 
 
 def uses_per_step_pc(cfg: TrainConfig) -> bool:

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_config
+from helpers import TINY_OVERRIDES, compose_config, tiny_config
 
 from pcpretrain import checkpoint as ckpt
 from pcpretrain.config import ConfigError
 from pcpretrain.errors import CheckpointError, NonFiniteLossError
 from pcpretrain.train import trainer as trainer_module
-from pcpretrain.train.run import build_training_model, run_training
+from pcpretrain.train.engine import build_accelerator
+from pcpretrain.train.run import build_pc_step, build_training_model, run_training
 
 
 def losses(run_dir: Path) -> dict[int, float]:
@@ -186,3 +187,24 @@ def test_a_non_finite_step_between_logged_steps_is_skipped_and_stops_the_run_bef
     assert calls["n"] == 8  # step 4 ran (from the weights step 3 left untouched), then its save read step 3
     root = tmp_path / "checkpoints"
     assert [p.name for p in root.iterdir()] == ["step_00000002"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["trainer.precision=bf16"], torch.bfloat16),
+        (["trainer.precision=bf16", "pc.bf16_products=false"], None),
+        (["trainer.precision=fp32"], None),
+        (["trainer.precision=fp32", "pc.bf16_products=true"], torch.bfloat16),
+        (["trainer.precision=bf16", "pc.transform_every=forward"], None),
+    ],
+)
+def test_the_pc_step_runs_bf16_products_where_the_forward_is_bf16_unless_told(overrides, expected) -> None:
+    """``pc.bf16_products`` left unset follows the forward's dtype; W_eff is kept in that dtype."""
+    cfg = compose_config(*TINY_OVERRIDES, "distributed=single", *overrides)
+    accelerator = build_accelerator(cfg)
+    model, _ = build_training_model(cfg, 512)
+    step = build_pc_step(cfg, model, accelerator)
+    assert step.product_dtype == expected
+    bf16_forward = "trainer.precision=bf16" in overrides
+    assert step.forward_dtype == (torch.bfloat16 if bf16_forward else None)
