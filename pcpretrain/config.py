@@ -124,7 +124,7 @@ class OptimizerConfig:
     ns_steps: int = 5
     ns_coefficients: str = "simple"
     ns_dtype: str = "bfloat16"
-    ns_method: str = "standard"
+    ns_method: str = "gram"
     lr_adjust: str = "moonlight"
     # torch.compile of Muon's momentum step, directions and update (fewer passes over memory).
     compile: bool = False

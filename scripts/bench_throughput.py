@@ -43,7 +43,7 @@ VARIANTS = {
     "pc4-tf32": ["pc.degree=4", "pc.bf16_products=false"],
     "baseline-full-logits": ["pc.degree=0", "trainer.loss_chunk_tokens=0"],
     "muon": ["optimizer=muon", "pc.degree=0"],
-    "muon-gram": ["optimizer=muon", "pc.degree=0", "optimizer.ns_method=gram"],
+    "muon-standard": ["optimizer=muon", "pc.degree=0", "optimizer.ns_method=standard"],
     "muon-gram-compiled": [
         "optimizer=muon",
         "pc.degree=0",

@@ -9,7 +9,7 @@
 #                           products) and with every product in TF32 (pc.bf16_products=false)
 #   optimizer               AdamW and Muon (standard or Gram Newton-Schulz, eager or compiled), the step alone
 #   numerics                the transform's error against float64 on the GPU (pc_numerics.py)
-#   throughput              baseline, pc4, pc4-tf32, muon, muon-gram, muon-gram-compiled, muon-pc2,
+#   throughput              baseline, pc4, pc4-tf32, muon, muon-standard, muon-gram-compiled, muon-pc2,
 #                           muon-pc2-fast side by side, 4 micro-batches: the table with and
 #                           without each fast option (about 30 s a variant on an H100, more with compile)
 #   profile                 one profiled step of baseline, pc4, muon-gram-compiled, muon-pc2-fast:
@@ -45,7 +45,7 @@ for name in "${names[@]}"; do
         numerics) run "$name" 120 python scripts/pc_numerics.py ;;
         throughput)
             run "$name" 480 python scripts/bench_throughput.py --steps 4 --warmup 2 --variants baseline \
-                pc4 pc4-tf32 muon muon-gram muon-gram-compiled muon-pc2 muon-pc2-fast ;;
+                pc4 pc4-tf32 muon muon-standard muon-gram-compiled muon-pc2 muon-pc2-fast ;;
         profile)
             run "$name" 240 python scripts/bench_throughput.py --steps 1 --warmup 2 \
                 --variants baseline pc4 muon-gram-compiled muon-pc2-fast --profile "$out/profile"

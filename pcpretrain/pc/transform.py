@@ -107,9 +107,14 @@ def effective_weight_vjp(
         grad_weight, inner, along_x = polynomial_map_vjp(
             w, grad.to(dtype), degree, scale=1 / s, gram=gram, out_scale=g, product_dtype=product_dtype
         )
-        grad_weight = grad_weight.to(dtype)
-        uu, vv = u.to(dtype), v.to(dtype)
+        # Sigma's rank-one term goes in in the products' dtype: with bf16 products, the sum is then
+        # converted to the weights' dtype once, and the large matrix is read and written in bf16.
+        grad_dtype = grad_weight.dtype
         coeff = -along_x * g.reshape(along_x.shape)
-        add_matmul_(grad_weight, (uu * coeff.unsqueeze(-1)).unsqueeze(-1), vv.unsqueeze(-2))
+        add_matmul_(
+            grad_weight,
+            (u.to(dtype) * coeff.unsqueeze(-1)).unsqueeze(-1).to(grad_dtype),
+            v.to(grad_dtype).unsqueeze(-2),
+        )
         grad_gamma = (s.reshape(inner.shape) * inner).reshape(gamma.shape)
     return grad_weight.to(weight.dtype), grad_gamma.to(gamma.dtype)
