@@ -259,8 +259,8 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--micro-batch-size", type=int, default=8)
     parser.add_argument("--micro-batches", type=int, default=4, help="micro-batches per optimizer step")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per variant")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per variant (10; --tiny: 2)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (3; --tiny: 1)")
     parser.add_argument("--set", nargs="*", default=[], help="extra config overrides for every variant")
     parser.add_argument("--tiny", action="store_true", help="tiny model, short sequences: a CPU smoke run")
     parser.add_argument(
@@ -274,7 +274,11 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
     if args.tiny:
-        args.seq_len, args.micro_batch_size, args.micro_batches, args.steps, args.warmup = 32, 2, 2, 2, 1
+        args.seq_len, args.micro_batch_size, args.micro_batches = 32, 2, 2
+    # A tiny run's few steps still compile (Muon's compiled kernels in its first two steps): give it
+    # --warmup 3 or more to time steps after that.
+    args.steps = args.steps or (2 if args.tiny else 10)
+    args.warmup = (1 if args.tiny else 3) if args.warmup is None else args.warmup
     shape = TINY if args.tiny else [f"model={args.model}", "model.vocab_size=32000"]
     common = [
         *shape,
