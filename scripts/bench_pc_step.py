@@ -12,6 +12,7 @@ training (TF32 unless ``--no-tf32``, its products with the large matrices in bf1
     python scripts/bench_pc_step.py                          # 1B shapes on the GPU
     python scripts/bench_pc_step.py --model 271M --layers 2  # a CPU-sized slice with the 1B aspect ratios
     python scripts/bench_pc_step.py --count-only             # the 1B floors alone (meta device), anywhere
+    python scripts/bench_pc_step.py --count-only --ranks 8   # the busiest of 8 ranks' share of them
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ from pcpretrain import pc
 from pcpretrain.config import compose_train_config
 from pcpretrain.model import build_model
 from pcpretrain.op_costs import OpCosts
-from pcpretrain.pc.layers import pc_modules
+from pcpretrain.pc.groups import shape_groups
+from pcpretrain.pc.layers import PCLinear, pc_modules
 from pcpretrain.pc.precision import product_dtype
 from pcpretrain.pc.step import PCStep
+from pcpretrain.sharding import slice_bounds
 
 
 def timed(device: torch.device, phase: Callable[[], None]) -> float:
@@ -52,6 +55,14 @@ def build_pc_model(model_name: str, layers: int | None, degree: int, device: tor
     return model
 
 
+def busiest_rank_layers(layers: list[PCLinear], ranks: int) -> list[PCLinear]:
+    """The layers whose transform rank 0 computes among ``ranks``: its slice of every shape group, as
+    training splits them, which is the largest slice any rank gets."""
+    return [
+        layer for group in shape_groups(layers) for layer in group[slice(*slice_bounds(len(group), ranks)[0])]
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -72,17 +83,26 @@ def main() -> None:
     parser.add_argument(
         "--count-only", action="store_true", help="count FLOPs and bytes on the meta device, time nothing"
     )
+    parser.add_argument(
+        "--ranks",
+        type=int,
+        default=1,
+        help="the work of the busiest of this many ranks: its slice of every shape group (collectives "
+        "not included)",
+    )
     args = parser.parse_args()
+    if args.ranks < 1:
+        parser.error(f"--ranks must be at least 1, got {args.ranks}")
 
     if args.count_only:
         device = torch.device("meta")
     else:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build_pc_model(args.model, args.layers, args.degree, device)
-    layers = [mod for _, mod in pc_modules(model)]
+    layers = busiest_rank_layers([mod for _, mod in pc_modules(model)], args.ranks)
     forward_dtype = torch.bfloat16 if device.type in ("cuda", "meta") else None
     step = PCStep(
-        model,
+        torch.nn.ModuleList(layers),
         forward_dtype=forward_dtype,
         tf32=not args.no_tf32,
         product_dtype=product_dtype(args.bf16_products, forward_dtype),
@@ -125,8 +145,9 @@ def main() -> None:
 
     shapes = dict(sorted(Counter(tuple(layer.weight.shape) for layer in layers).items()))
     products = "bf16" if step.product_dtype == torch.bfloat16 else "float32"
+    share = f", the busiest of {args.ranks} ranks' share" if args.ranks > 1 else ""
     print(
-        f"{len(layers)} PC layers, layers per shape {shapes}, degree {args.degree}, {device.type}, "
+        f"{len(layers)} PC layers{share}, layers per shape {shapes}, degree {args.degree}, {device.type}, "
         f"products with the large matrices in {products}"
     )
     for totals in (seconds, flops, traffic):

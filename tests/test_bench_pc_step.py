@@ -40,11 +40,14 @@ def table(stdout: str) -> dict[str, list[str]]:
     return rows
 
 
+def layers_per_shape(stdout: str) -> dict[tuple[int, int], int]:
+    return ast.literal_eval(re.search(r"layers per shape (\{.*\})", stdout).group(1))
+
+
 def test_bench_pc_step_tiny_times_every_phase_and_counts_its_flops_and_other_traffic() -> None:
     result = run_script("bench_pc_step.py", "--model", "tiny", "--steps", "1", "--warmup", "0", timeout=300)
     rows = table(result.stdout)
-    shapes = ast.literal_eval(re.search(r"layers per shape (\{.*\})", result.stdout).group(1))
-    expected = phase_flops(shapes)
+    expected = phase_flops(layers_per_shape(result.stdout))
     for phase, (ms, gigaflops, _rate, gigabytes) in rows.items():
         assert float(ms) > 0 and float(gigabytes) > 0
         if phase != "total":
@@ -57,3 +60,17 @@ def test_bench_pc_step_tiny_times_every_phase_and_counts_its_flops_and_other_tra
         assert counted[phase][0] == counted[phase][2] == "-"
         # The same products; the traffic differs, since on meta W_eff is kept in bf16 as on a GPU.
         assert counted[phase][1] == rows[phase][1] and float(counted[phase][3]) > 0
+
+
+def test_bench_pc_step_counts_the_busiest_ranks_share() -> None:
+    """``--ranks N``: each shape group's first slice as training cuts it (ceil(count / N) layers), and
+    exactly the FLOPs of those layers."""
+    whole = layers_per_shape(run_script("bench_pc_step.py", "--model", "tiny", "--count-only").stdout)
+    result = run_script("bench_pc_step.py", "--model", "tiny", "--count-only", "--ranks", "3")
+    assert "the busiest of 3 ranks' share" in result.stdout
+    share = layers_per_shape(result.stdout)
+    assert share == {shape: -(-count // 3) for shape, count in whole.items()} != whole
+    expected = phase_flops(share)
+    for phase, row in table(result.stdout).items():
+        if phase != "total":
+            assert float(row[1]) == pytest.approx(expected[phase] / 1e9, abs=1e-3)
