@@ -86,6 +86,14 @@ def _with_gram(weights: Tensor) -> tuple[Tensor, Tensor]:
         return w, smaller_gram(w)
 
 
+def _x_gram_and_sigma(w: Tensor, gram: Tensor, u: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """sigma = u^T W v, and W's Gram matrix ``gram`` turned in place into that of X = W / sigma: what
+    ``begin`` and ``finish`` take, from the weights in the transform's dtype."""
+    with autocast_off(w.device.type):
+        sigma = spectral_norm_estimate(w, u, v)
+    return normalize_gram_(gram, sigma), sigma
+
+
 class _Group:
     """One stack of same-shaped PC layers and this rank's slice of it."""
 
@@ -145,10 +153,7 @@ class _Group:
         changed since."""
         if self._gram is not None and self._kept_versions == self._versions():
             return self._gram
-        w, gram = _with_gram(weights)
-        with autocast_off(w.device.type):
-            sigma = spectral_norm_estimate(w, u, v)
-        return normalize_gram_(gram, sigma), sigma
+        return _x_gram_and_sigma(*_with_gram(weights), u, v)
 
     def drop_gram(self) -> None:
         self._gram = None
@@ -326,9 +331,8 @@ class PCStep:
             if self.per_step:
                 w, gram = _with_gram(weights)
                 power_iteration_with_gram_(w, gram, u[rows], v[rows], iters)
-                with autocast_off(w.device.type):
-                    sigma[rows] = spectral_norm_estimate(w, u[rows], v[rows])
-                group.keep(normalize_gram_(gram, sigma[rows]), sigma[rows], w)
+                gram, sigma[rows] = _x_gram_and_sigma(w, gram, u[rows], v[rows])
+                group.keep(gram, sigma[rows], w)
             else:
                 power_iteration_(weights, u[rows], v[rows], iters)
                 sigma[rows] = spectral_norm_estimate(weights.to(u.dtype), u[rows], v[rows])
