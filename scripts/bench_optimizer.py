@@ -23,6 +23,7 @@ import traceback
 import torch
 
 from pcpretrain import pc
+from pcpretrain.batched_matmul import MAX_STRIPS, set_symmetric_strips, symmetric_strips_label
 from pcpretrain.config import compose_train_config
 from pcpretrain.model import build_model
 from pcpretrain.op_costs import OpCosts
@@ -106,7 +107,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--count-only", action="store_true", help="the FLOP and byte columns only, no timing")
+    parser.add_argument(
+        "--symmetric-strips",
+        type=int,
+        default=MAX_STRIPS,
+        choices=range(1, 9),
+        metavar="K",
+        help=f"compute products with a symmetric result in up to K row strips (default {MAX_STRIPS}; 1: "
+        "whole products, for comparison)",
+    )
     args = parser.parse_args()
+    set_symmetric_strips(args.symmetric_strips)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     seconds: dict[str, float | str] = {row: "-" for row in ROWS}
     for row, (name, degree, extra) in ({} if args.count_only else ROWS).items():
@@ -117,7 +128,8 @@ def main() -> None:
             seconds[row] = f"failed: {type(error).__name__}"
         torch._dynamo.reset()
     costs = costs_by_row(args.model)
-    print(f"model {args.model} on {torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}")
+    where = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
+    print(f"model {args.model} on {where}, {symmetric_strips_label()}")
     print(f"{'optimizer':18} {'step ms':>10} {'vs AdamW':>9} {'GFLOP':>10} {'other GB':>9}")
     adamw = seconds["adamw"]
     failed = [row for row, value in seconds.items() if isinstance(value, str) and value.startswith("failed")]

@@ -25,6 +25,7 @@ from collections.abc import Callable
 import torch
 
 from pcpretrain import pc
+from pcpretrain.batched_matmul import MAX_STRIPS, set_symmetric_strips, symmetric_strips_label
 from pcpretrain.config import compose_train_config
 from pcpretrain.model import build_model
 from pcpretrain.op_costs import OpCosts
@@ -90,7 +91,17 @@ def main() -> None:
         help="the work of the busiest of this many ranks: its slice of every shape group (collectives "
         "not included)",
     )
+    parser.add_argument(
+        "--symmetric-strips",
+        type=int,
+        default=MAX_STRIPS,
+        choices=range(1, 9),
+        metavar="K",
+        help=f"compute products with a symmetric result in up to K row strips (default {MAX_STRIPS}; 1: "
+        "whole products, for comparison)",
+    )
     args = parser.parse_args()
+    set_symmetric_strips(args.symmetric_strips)
     if args.ranks < 1:
         parser.error(f"--ranks must be at least 1, got {args.ranks}")
 
@@ -148,7 +159,7 @@ def main() -> None:
     share = f", the busiest of {args.ranks} ranks' share" if args.ranks > 1 else ""
     print(
         f"{len(layers)} PC layers{share}, layers per shape {shapes}, degree {args.degree}, {device.type}, "
-        f"products with the large matrices in {products}"
+        f"products with the large matrices in {products}, {symmetric_strips_label()}"
     )
     for totals in (seconds, flops, traffic):
         totals["total"] = sum(totals.values())

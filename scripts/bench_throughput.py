@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from pcpretrain.batched_matmul import MAX_STRIPS, set_symmetric_strips, symmetric_strips_label
 from pcpretrain.config import TrainConfig, compose_train_config
 from pcpretrain.model import flops_per_token, peak_flops
 from pcpretrain.train.callbacks.base import Callback
@@ -269,7 +270,17 @@ def main() -> None:
         metavar="DIR",
         help="profile each variant's last step (untimed) into DIR/<variant>/: trace, phases, top ops",
     )
+    parser.add_argument(
+        "--symmetric-strips",
+        type=int,
+        default=MAX_STRIPS,
+        choices=range(1, 9),
+        metavar="K",
+        help=f"compute products with a symmetric result in up to K row strips (default {MAX_STRIPS}; 1: "
+        "whole products, for comparison)",
+    )
     args = parser.parse_args()
+    set_symmetric_strips(args.symmetric_strips)
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
@@ -295,7 +306,7 @@ def main() -> None:
     model = "tiny" if args.tiny else args.model
     print(
         f"model {model}, seq {args.seq_len}, micro-batch {args.micro_batch_size} "
-        f"x {args.micro_batches} per step, on {device}"
+        f"x {args.micro_batches} per step, on {device}, {symmetric_strips_label()}"
     )
     print(render(results, failures, args.variants))
     if failures:

@@ -7,7 +7,9 @@
 # Names, roughly in order of cost on one H100 (Llama-1B shapes):
 #   pc_step, pc_step_tf32   the PC phases alone (bench_pc_step.py), as training runs them (bf16
 #                           products) and with every product in TF32 (pc.bf16_products=false)
+#   pc_step_whole           as pc_step, with the symmetric products whole instead of in strips
 #   optimizer               AdamW and Muon (standard or Gram Newton-Schulz, eager or compiled), the step alone
+#   optimizer_whole         as optimizer, with the symmetric products whole instead of in strips
 #   numerics                the transform's error against float64 on the GPU (pc_numerics.py)
 #   throughput              baseline, pc4, pc4-tf32, muon, muon-standard, muon-gram-compiled, muon-pc2,
 #                           muon-pc2-fast side by side, 4 micro-batches: the table with and
@@ -24,7 +26,8 @@ cd "$(dirname "$0")/.."
 out="${1:-gpu-measurements}"
 shift || true
 names=("$@")
-[ ${#names[@]} -eq 0 ] && names=(throughput profile throughput_10mb pc_step pc_step_tf32 optimizer numerics gpu_tests)
+[ ${#names[@]} -eq 0 ] && names=(throughput profile throughput_10mb pc_step pc_step_whole pc_step_tf32 optimizer optimizer_whole numerics
+    gpu_tests)
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader >"$out/device.txt" 2>&1
 
@@ -41,7 +44,10 @@ for name in "${names[@]}"; do
     case "$name" in
         pc_step) run "$name" 120 python scripts/bench_pc_step.py --steps 5 --warmup 2 ;;
         pc_step_tf32) run "$name" 120 python scripts/bench_pc_step.py --steps 5 --warmup 2 --no-bf16-products ;;
+        pc_step_whole) run "$name" 120 python scripts/bench_pc_step.py --steps 5 --warmup 2 --symmetric-strips 1 ;;
         optimizer) run "$name" 240 python scripts/bench_optimizer.py --steps 5 --warmup 2 ;;
+        optimizer_whole)
+            run "$name" 240 python scripts/bench_optimizer.py --steps 5 --warmup 2 --symmetric-strips 1 ;;
         numerics) run "$name" 120 python scripts/pc_numerics.py ;;
         throughput)
             run "$name" 480 python scripts/bench_throughput.py --steps 4 --warmup 2 --variants baseline \

@@ -31,12 +31,17 @@ def test_bench_optimizer_tiny_prints_every_row() -> None:
     assert float(rows["muon"][3]) > 0 and rows["muon-compiled"][3] == "-"
 
 
-def test_bench_optimizer_counts_the_1b_floors_without_timing() -> None:
-    result = run_script("bench_optimizer.py", "--count-only", timeout=300)
+@pytest.mark.parametrize("strips", [1, 4])
+def test_bench_optimizer_counts_the_1b_floors_without_timing(strips: int) -> None:
+    result = run_script("bench_optimizer.py", "--count-only", "--symmetric-strips", str(strips), timeout=300)
+    assert "symmetric products " + ("whole" if strips == 1 else "in up to 4 strips") in result.stdout
     rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()[2:]}
     assert rows["muon"][:2] == ["-", "-"]
-    # 18 layers of 4 square 2048 matrices and 3 of 2048 x 5632, 5 Newton-Schulz steps of 4 m^2 n + 2 m^3.
-    square, wide = 5 * 6 * 2048**3, 5 * (4 * 2048**2 * 5632 + 2 * 2048**3)
+    # 18 layers of 4 square 2048 matrices and 3 of 2048 x 5632, 5 standard Newton-Schulz steps of
+    # 2 m^2 n (X X^T) + 2 m^3 (its square) + 2 m^2 n (the update of X); the first two have a symmetric
+    # result, of which 4 strips compute f = 5/8.
+    f = 5 / 8 if strips == 4 else 1
+    square, wide = 5 * 2 * 2048**3 * (2 * f + 1), 5 * (2 * 2048**2 * 5632 * (1 + f) + 2 * 2048**3 * f)
     assert float(rows["muon"][2]) == pytest.approx(18 * (4 * square + 3 * wide) / 1e9, abs=0.1)
 
 

@@ -17,17 +17,22 @@ POLYNOMIAL_PRODUCTS, DERIVATIVE_PRODUCTS = 2, 3
 POWER_ITERS = 10
 
 
-def phase_flops(shapes: dict[tuple[int, int], int]) -> dict[str, int]:
+def phase_flops(shapes: dict[tuple[int, int], int], symmetric: float = 1.0) -> dict[str, float]:
     """The phases' matrix-product FLOPs by hand, for degree 4 (m >= n the sides of each matrix):
     begin ``W q`` (m n^2) and q (2 n^3), the Gram coming from the power iteration; finish
-    ``W^T dW_eff``, ``dW_eff q`` and ``W Dq[A + A^T]`` (3 m n^2), q again and its derivative (5 n^3);
-    spectral the Gram (m n^2), two m x n and 9 n x n matrix-vector products."""
-    totals = dict.fromkeys(PHASES[:-1], 0)
+    ``W^T dW_eff``, ``dW_eff q`` and ``W Dq[A + A^T]`` (3 m n^2), q again and its derivative (5 n^3),
+    sigma's rank-one term (m n) and two inner products of n x n matrices;
+    spectral the Gram (m n^2), three m x n (two of the iteration, sigma's) and 9 n x n
+    matrix-vector products. The products whose result
+    is symmetric (the Gram, q's two and the derivative's last two) cost ``symmetric`` of a whole one."""
+    totals = dict.fromkeys(PHASES[:-1], 0.0)
+    polynomial = POLYNOMIAL_PRODUCTS * symmetric
     for shape, count in shapes.items():
         m, n = sorted(shape, reverse=True)
-        totals["begin"] += count * 2 * (m * n * n + POLYNOMIAL_PRODUCTS * n**3)
-        totals["finish"] += count * 2 * (3 * m * n * n + (POLYNOMIAL_PRODUCTS + DERIVATIVE_PRODUCTS) * n**3)
-        totals["spectral"] += count * 2 * (m * n * n + 2 * m * n + (POWER_ITERS - 1) * n * n)
+        totals["begin"] += count * 2 * (m * n * n + polynomial * n**3)
+        derivative = 1 + (DERIVATIVE_PRODUCTS - 1) * symmetric
+        totals["finish"] += count * 2 * (3 * m * n * n + (polynomial + derivative) * n**3 + m * n + 2 * n * n)
+        totals["spectral"] += count * 2 * (m * n * n * symmetric + 3 * m * n + (POWER_ITERS - 1) * n * n)
     return totals
 
 
@@ -71,6 +76,18 @@ def test_bench_pc_step_counts_the_busiest_ranks_share() -> None:
     share = layers_per_shape(result.stdout)
     assert share == {shape: -(-count // 3) for shape, count in whole.items()} != whole
     expected = phase_flops(share)
+    for phase, row in table(result.stdout).items():
+        if phase != "total":
+            assert float(row[1]) == pytest.approx(expected[phase] / 1e9, abs=1e-3)
+
+
+@pytest.mark.parametrize("strips", [1, 4])
+def test_bench_pc_step_counts_the_1b_floors_with_and_without_strips(strips: int) -> None:
+    """At the 1B shapes (n = 2048) the symmetric products run in 4 strips by default: 5/8 of their
+    FLOPs; ``--symmetric-strips 1`` counts whole products."""
+    result = run_script("bench_pc_step.py", "--count-only", "--symmetric-strips", str(strips), timeout=300)
+    assert "symmetric products " + ("whole" if strips == 1 else "in up to 4 strips") in result.stdout
+    expected = phase_flops(layers_per_shape(result.stdout), symmetric=5 / 8 if strips == 4 else 1.0)
     for phase, row in table(result.stdout).items():
         if phase != "total":
             assert float(row[1]) == pytest.approx(expected[phase] / 1e9, abs=1e-3)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from pcpretrain.batched_matmul import scaled_matmul_add
+from pcpretrain.batched_matmul import scaled_matmul_add, symmetric_flop_fraction, symmetric_matmul
 from pcpretrain.choices import NS_METHODS
 
 Triple = tuple[float, float, float]
@@ -155,7 +155,7 @@ def aol_rescale(x: Tensor, safety: float = AOL_SAFETY, eps: float = 1e-7) -> tup
     unless the rows have equal weight (cosine ~0.99 on test matrices). Returns the rescaled ``X`` and
     its Gram ``diag(s) (X X^T) diag(s)``, which the first iteration reuses instead of recomputing.
     """
-    gram = x @ x.mT
+    gram = symmetric_matmul([(x, x.mT)])
     s = torch.rsqrt(gram.abs().sum(dim=-1) * safety + eps)
     return x * s.unsqueeze(-1), gram * s.unsqueeze(-1) * s.unsqueeze(-2)
 
@@ -178,8 +178,8 @@ def _iterate(x: Tensor, triples: list[Triple], gram: Tensor | None, transposed: 
     """
     last = len(triples) - 1
     for i, (a, b, c) in enumerate(triples):
-        gram_x = gram if i == 0 and gram is not None else x @ x.mT
-        poly = scaled_matmul_add(gram_x, gram_x, gram_x, beta=b, alpha=c)
+        gram_x = gram if i == 0 and gram is not None else symmetric_matmul([(x, x.mT)])
+        poly = symmetric_matmul([(gram_x, gram_x)], gram_x, beta=b, alpha=c)
         if i == last and transposed:
             return scaled_matmul_add(x.mT, x.mT, poly, beta=a, alpha=1.0)
         x = scaled_matmul_add(x, poly, x, beta=a, alpha=1.0)
@@ -206,19 +206,19 @@ def _iterate_on_gram(
     step where :func:`_iterate` reads and writes X twice more for its scaled sum. ``transposed`` as in
     :func:`_iterate` (Q is symmetric: a product of commuting symmetric polynomials in R).
     """
-    r = x @ x.mT if gram is None else gram
+    r = symmetric_matmul([(x, x.mT)]) if gram is None else gram
     q: Tensor | None = None
     for i, (a, b, c) in enumerate(triples, start=1):
-        z = scaled_matmul_add(r, r, r, beta=b, alpha=c)
+        z = symmetric_matmul([(r, r)], r, beta=b, alpha=c)
         z.diagonal(dim1=-2, dim2=-1).add_(a)
-        q = z if q is None else z @ q
+        q = z if q is None else symmetric_matmul([(z, q)])
         if i == len(triples):
             break
         if i in restarts:
             x, q = q @ x, None
-            r = x @ x.mT
+            r = symmetric_matmul([(x, x.mT)])
         else:
-            r = z @ r @ z
+            r = symmetric_matmul([(symmetric_matmul([(z, r)]), z)])
     return x.mT @ q if transposed else q @ x
 
 
@@ -227,20 +227,24 @@ def gram_restarts(m: int, n: int, steps: int) -> tuple[int, ...]:
     iterating on the Gram matrix takes fewer multiply-adds than the standard iteration, else after every
     step (the standard iteration's FLOPs, fewer passes over X).
 
-    Standard: ``steps (2 m^2 n + m^3)``. Gram form: ``m^2 n`` per formed R and per applied Q, ``m^3``
-    per R^2, per Q update and per half of each R update. For 5 steps it wins once n > 1.5 m.
+    In multiply-adds, with ``f`` the share of a product with an m x m symmetric result that is
+    computed (:func:`symmetric_flop_fraction`; every m x m product here is one): standard
+    ``steps (m^2 n (1 + f) + m^3 f)``; Gram form ``m^2 n f`` per formed R, ``m^2 n`` per applied Q,
+    ``m^3 f`` per R^2, per Q update and per half of each R update. For 5 steps it wins once
+    n > 3f / (1 + f) m: 1.5 m for whole products, 1.15 m for 4 strips.
     """
-    standard = steps * (2 * m * m * n + m**3)
-    gram, fresh = m * m * n, True
+    f = symmetric_flop_fraction(m)
+    standard = steps * (m * m * n * (1 + f) + m**3 * f)
+    gram, fresh = m * m * n * f, True
     for i in range(1, steps + 1):
-        gram += m**3 if fresh else 2 * m**3
+        gram += m**3 * f * (1 if fresh else 2)
         fresh = False
         if i == steps:
             break
         if i in GRAM_RESTARTS:
-            gram, fresh = gram + 2 * m * m * n, True
+            gram, fresh = gram + m * m * n * (1 + f), True
         else:
-            gram += 2 * m**3
+            gram += 2 * m**3 * f
     return GRAM_RESTARTS if gram + m * m * n < standard else tuple(range(1, steps))
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pcpretrain.batched_matmul import add_matmul_, scaled_matmul_add
+from pcpretrain.batched_matmul import add_matmul_, symmetric_matmul
 from pcpretrain.choices import PC_COEFFICIENTS
 
 
@@ -56,12 +56,12 @@ class _PolynomialAtGram:
         if len(c) == 2:
             q = g * c[1]
         elif len(c) == 3:
-            q = scaled_matmul_add(g, g, g, beta=c[1], alpha=c[2])
+            q = symmetric_matmul([(g, g)], g, beta=c[1], alpha=c[2])
         else:
-            self.square = g2 = g @ g
+            self.square = g2 = symmetric_matmul([(g, g)])
             tail = torch.add(g2, g, alpha=c[3] / self.top) if len(c) == 5 else g.clone()
             self.tail = _add_to_diagonal_(tail, c[2] / self.top)
-            q = scaled_matmul_add(g, g2, self.tail, beta=c[1], alpha=self.top)
+            q = symmetric_matmul([(g2, self.tail)], g, beta=c[1], alpha=self.top)
         return _add_to_diagonal_(q, c[0])
 
     def derivative(self, s: Tensor) -> Tensor:
@@ -73,9 +73,9 @@ class _PolynomialAtGram:
         d_square = torch.add(sg, sg.mT)
         if len(c) == 3:
             return d_square.mul_(c[2]).add_(s, alpha=c[1])
-        d = scaled_matmul_add(s, d_square, self.tail, beta=c[1], alpha=self.top)
         d_tail = torch.add(d_square, s, alpha=c[3] / self.top) if len(c) == 5 else s
-        return add_matmul_(d, self.square, d_tail, alpha=self.top)
+        # Each of the two products is not symmetric, their sum (the derivative of G^2 T) is.
+        return symmetric_matmul([(d_square, self.tail), (self.square, d_tail)], s, beta=c[1], alpha=self.top)
 
 
 def _inner(a: Tensor, b: Tensor) -> Tensor:
@@ -91,7 +91,7 @@ def is_tall(x: Tensor) -> bool:
 
 def smaller_gram(x: Tensor) -> Tensor:
     """X^T X for tall X, X X^T for wide X: the Gram matrix on the smaller side, per matrix of a stack."""
-    return x.mT @ x if is_tall(x) else x @ x.mT
+    return symmetric_matmul([(x.mT, x)] if is_tall(x) else [(x, x.mT)])
 
 
 def scaled_gram(x: Tensor, scale: Tensor | None = None) -> Tensor:

@@ -9,6 +9,7 @@ import pytest
 import torch
 from helpers import read_metrics, run_cli, tiny_config
 
+from pcpretrain.batched_matmul import strip_bounds, symmetric_matmul, symmetric_strips
 from pcpretrain.model import peak_flops
 from pcpretrain.train.run import run_training
 
@@ -99,3 +100,22 @@ def test_muon_fast_paths_follow_the_plain_ones(tmp_path: Path) -> None:
     assert len(fast_losses) == len(plain_losses) == 8
     for one, other in zip(plain_losses, fast_losses, strict=True):
         assert other["loss"] == pytest.approx(one["loss"], rel=1e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_symmetric_products_in_strips_match_whole_products_on_the_gpu(dtype: torch.dtype) -> None:
+    """cuBLAS writes the strips straight into slices of the result (leading dimension n): at the 1B
+    shapes, the same Gram matrices and polynomial products as whole ones, to the dtype's rounding."""
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(3, 5632, 2048, device="cuda", generator=generator).to(dtype) / 75
+    with symmetric_strips(1):
+        whole_gram = symmetric_matmul([(x.mT, x)])
+        whole = symmetric_matmul([(whole_gram, whole_gram)], whole_gram, beta=0.5, alpha=-2.0)
+    gram = symmetric_matmul([(x.mT, x)])
+    assert len(strip_bounds(2048)) == 5
+    strips = symmetric_matmul([(gram, gram)], gram, beta=0.5, alpha=-2.0)
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    for got, expected in ((gram, whole_gram), (strips, whole)):
+        error = (got.float() - expected.float()).norm() / expected.float().norm()
+        assert error < tolerance, error
+        assert torch.equal(got[:, 512:, :512], got[:, :512, 512:].mT)
