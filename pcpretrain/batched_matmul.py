@@ -7,6 +7,7 @@ the product itself (``addmm`` / ``baddbmm``) instead of scaling and adding on th
 
 from __future__ import annotations
 
+import argparse
 import itertools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -63,6 +64,19 @@ def symmetric_strips(max_strips: int, min_rows: int = MIN_STRIP_ROWS) -> Iterato
         yield
     finally:
         set_symmetric_strips(*previous)
+
+
+def add_strips_option(parser: argparse.ArgumentParser) -> None:
+    """The benchmarks' ``--symmetric-strips K``, for :func:`set_symmetric_strips`."""
+    parser.add_argument(
+        "--symmetric-strips",
+        type=int,
+        default=MAX_STRIPS,
+        choices=range(1, 9),
+        metavar="K",
+        help=f"compute products with a symmetric result in up to K row strips (default {MAX_STRIPS}; 1: "
+        "whole products, for comparison)",
+    )
 
 
 def symmetric_strips_label() -> str:

@@ -23,7 +23,7 @@ import traceback
 import torch
 
 from pcpretrain import pc
-from pcpretrain.batched_matmul import MAX_STRIPS, set_symmetric_strips, symmetric_strips_label
+from pcpretrain.batched_matmul import add_strips_option, set_symmetric_strips, symmetric_strips_label
 from pcpretrain.config import compose_train_config
 from pcpretrain.model import build_model
 from pcpretrain.op_costs import OpCosts
@@ -107,15 +107,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--count-only", action="store_true", help="the FLOP and byte columns only, no timing")
-    parser.add_argument(
-        "--symmetric-strips",
-        type=int,
-        default=MAX_STRIPS,
-        choices=range(1, 9),
-        metavar="K",
-        help=f"compute products with a symmetric result in up to K row strips (default {MAX_STRIPS}; 1: "
-        "whole products, for comparison)",
-    )
+    add_strips_option(parser)
     args = parser.parse_args()
     set_symmetric_strips(args.symmetric_strips)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -25,7 +25,7 @@ from collections.abc import Callable
 import torch
 
 from pcpretrain import pc
-from pcpretrain.batched_matmul import MAX_STRIPS, set_symmetric_strips, symmetric_strips_label
+from pcpretrain.batched_matmul import add_strips_option, set_symmetric_strips, symmetric_strips_label
 from pcpretrain.config import compose_train_config
 from pcpretrain.model import build_model
 from pcpretrain.op_costs import OpCosts
@@ -91,15 +91,7 @@ def main() -> None:
         help="the work of the busiest of this many ranks: its slice of every shape group (collectives "
         "not included)",
     )
-    parser.add_argument(
-        "--symmetric-strips",
-        type=int,
-        default=MAX_STRIPS,
-        choices=range(1, 9),
-        metavar="K",
-        help=f"compute products with a symmetric result in up to K row strips (default {MAX_STRIPS}; 1: "
-        "whole products, for comparison)",
-    )
+    add_strips_option(parser)
     args = parser.parse_args()
     set_symmetric_strips(args.symmetric_strips)
     if args.ranks < 1:

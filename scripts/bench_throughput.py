@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from pcpretrain.batched_matmul import MAX_STRIPS, set_symmetric_strips, symmetric_strips_label
+from pcpretrain.batched_matmul import add_strips_option, set_symmetric_strips, symmetric_strips_label
 from pcpretrain.config import TrainConfig, compose_train_config
 from pcpretrain.model import flops_per_token, peak_flops
 from pcpretrain.train.callbacks.base import Callback
@@ -270,15 +270,7 @@ def main() -> None:
         metavar="DIR",
         help="profile each variant's last step (untimed) into DIR/<variant>/: trace, phases, top ops",
     )
-    parser.add_argument(
-        "--symmetric-strips",
-        type=int,
-        default=MAX_STRIPS,
-        choices=range(1, 9),
-        metavar="K",
-        help=f"compute products with a symmetric result in up to K row strips (default {MAX_STRIPS}; 1: "
-        "whole products, for comparison)",
-    )
+    add_strips_option(parser)
     args = parser.parse_args()
     set_symmetric_strips(args.symmetric_strips)
     unknown = [v for v in args.variants if v not in VARIANTS]

@@ -80,6 +80,12 @@ def test_small_results_and_autograd_use_whole_products() -> None:
     reference = x.detach().clone().requires_grad_()
     (reference.mT @ reference).sum().backward()
     torch.testing.assert_close(x.grad, reference.grad, rtol=0, atol=0)
+    a, c = sym(12, 12, seed=7), sym(12, 12, seed=8)
+    with symmetric_strips(1):
+        torch.testing.assert_close(symmetric_matmul([(a, a)], alpha=0.5), 0.5 * (a @ a))
+        torch.testing.assert_close(
+            symmetric_matmul([(a, c), (c, a)], c, beta=2.0, alpha=-1.0), 2 * c - (a @ c + c @ a)
+        )
 
 
 def test_the_strip_setting_is_restored_and_checked() -> None:
@@ -93,3 +99,16 @@ def test_the_strip_setting_is_restored_and_checked() -> None:
         set_symmetric_strips(*previous)
     with pytest.raises(ValueError, match="max_strips and min_rows must be >= 1, got 0"):
         set_symmetric_strips(0)
+
+
+def test_strips_in_bfloat16_match_whole_products_to_its_rounding() -> None:
+    """As Newton-Schulz runs them: bf16 operands, float32 accumulation in both."""
+    x = (rand(2, 24, 64, seed=9) / 8).bfloat16()
+    with symmetric_strips(4, min_rows=8):
+        gram = symmetric_matmul([(x, x.mT)])
+        square = symmetric_matmul([(gram, gram)], gram, beta=-4.775, alpha=2.0315)
+    whole_gram = (x @ x.mT).double()
+    whole_square = -4.775 * whole_gram + 2.0315 * (gram.double() @ gram.double())
+    assert gram.dtype == square.dtype == torch.bfloat16
+    torch.testing.assert_close(gram.double(), whole_gram, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(square.double(), whole_square, rtol=1e-2, atol=1e-2)
