@@ -36,18 +36,19 @@ def local_like(param: Tensor, full: Tensor) -> Tensor:
     return full
 
 
-def full_stack(params: Sequence[Tensor], start: int, end: int) -> Tensor:
-    """The whole tensors of ``params[start:end]``, detached, as one stack.
+def full_stack(params: Sequence[Tensor], start: int, end: int, dtype: torch.dtype | None = None) -> Tensor:
+    """The whole tensors of ``params[start:end]``, detached, as one stack in ``dtype`` (default: theirs).
 
     Collective under FSDP2 and ZeRO-3 (every rank must call it with the same ``params``); a plain stack
-    of the requested rows otherwise.
+    of the requested rows otherwise, converted to ``dtype`` by the same pass.
     """
     if isinstance(params[0], DTensor):
-        return _gather_dtensor_stack(params)[start:end]
+        whole = _gather_dtensor_stack(params)[start:end]
+        return whole if dtype is None else whole.to(dtype)
     if hasattr(params[0], "ds_id"):
         with gathered(params):
-            return _stack([p.data for p in params], start, end)
-    return _stack([p.detach() for p in params], start, end)
+            return _stack([p.data for p in params], start, end, dtype)
+    return _stack([p.detach() for p in params], start, end, dtype)
 
 
 def stacks_locally(param: Tensor) -> bool:
@@ -56,19 +57,22 @@ def stacks_locally(param: Tensor) -> bool:
     return not (isinstance(param, DTensor) or hasattr(param, "ds_id"))
 
 
-def own_slice_stack(params: Sequence[Tensor], rank: int, world: int) -> Tensor:
-    """:func:`full_stack` of rank ``rank``'s :func:`slice_bounds` slice of ``params`` among ``world``;
-    every rank calls it, each for its own slice.
+def own_slice_stack(
+    params: Sequence[Tensor], rank: int, world: int, dtype: torch.dtype | None = None
+) -> Tensor:
+    """:func:`full_stack` of rank ``rank``'s :func:`slice_bounds` slice of ``params`` among ``world``, in
+    ``dtype`` (default: theirs); every rank calls it, each for its own slice, all with the same ``dtype``.
 
     Under FSDP2 (rows sharded over a 1-D mesh of all ranks, whose coordinates are the ranks) each rank
     receives only the shards of its own slice, one redistribution of the stacked shards (an
-    all-to-all where the backend has one), instead of the whole stack :func:`full_stack` gathers.
+    all-to-all where the backend has one, of shards already in ``dtype``), instead of the whole stack
+    :func:`full_stack` gathers.
     """
     start, end = slice_bounds(len(params), world)[rank]
     if rows_sharded(params[0], world):
-        local = torch.stack([p.to_local().detach() for p in params])
+        local = _stack([p.to_local().detach() for p in params], 0, len(params), dtype)
         return redistribute_stack(local, params[0], len(params), src=[Shard(1)], dst=[Shard(0)])
-    return full_stack(params, start, end)
+    return full_stack(params, start, end, dtype)
 
 
 def shards_of_own_slice(mine: Tensor, like: Tensor, count: int) -> Tensor:
@@ -125,11 +129,17 @@ def gathered(params: Sequence[Tensor]) -> contextlib.AbstractContextManager:
     return deepspeed.zero.GatheredParameters(list(params), modifier_rank=None)
 
 
-def _stack(tensors: Sequence[Tensor], start: int, end: int) -> Tensor:
-    """``tensors[start:end]`` stacked; an empty stack of the right shape when the range is empty."""
+def _stack(tensors: Sequence[Tensor], start: int, end: int, dtype: torch.dtype | None = None) -> Tensor:
+    """``tensors[start:end]`` stacked in ``dtype`` (default: theirs), converted by the stacking pass
+    itself; an empty stack of the right shape when the range is empty."""
+    first = tensors[0]
+    dtype = dtype or first.dtype
     if end <= start:
-        return tensors[0].new_empty((0, *tensors[0].shape))
-    return torch.stack(list(tensors[start:end]))
+        return first.new_empty((0, *first.shape), dtype=dtype)
+    if dtype == first.dtype:
+        return torch.stack(list(tensors[start:end]))
+    out = torch.empty((end - start, *first.shape), dtype=dtype, device=first.device)
+    return torch.stack(list(tensors[start:end]), out=out)
 
 
 def _gather_dtensor_stack(params: Sequence[Tensor]) -> Tensor:

@@ -103,14 +103,20 @@ def _compare_with_unsharded(rank: int, out: Path) -> None:
             "local_like_roundtrip": torch.equal(
                 local_like(weight, full_tensor(weight)).to_local(), weight.to_local()
             ),
-            # Each rank's own slice, redistributed, equals that slice of the whole gathered stack.
+            # Each rank's own slice, redistributed, equals that slice of the whole gathered stack, also
+            # when both are asked for in bf16 (the shards are then converted before they move).
             "own_slices": [
                 torch.equal(
-                    own_slice_stack(params, rank, dist.get_world_size()),
-                    full_stack(params, group.start, group.end),
+                    own_slice_stack(params, rank, dist.get_world_size(), dtype),
+                    full_stack(params, group.start, group.end, dtype),
+                )
+                and torch.equal(
+                    full_stack(params, group.start, group.end, dtype),
+                    full_stack(params, group.start, group.end).to(dtype),
                 )
                 for group in pc_step.groups
                 for params in ([m.weight for m in group.modules], [m.pc_gamma for m in group.modules])
+                for dtype in (torch.float32, torch.bfloat16)
             ],
         },
         out / f"rank{rank}.pt",

@@ -120,13 +120,13 @@ class _Group:
     def owns_all(self) -> bool:
         return self.end - self.start == len(self.modules)
 
-    def weights(self) -> Tensor:
+    def weights(self, dtype: torch.dtype | None = None) -> Tensor:
         """Whole raw weights of this rank's slice (collective where the engine shards them): the kept stack
-        once if the weights have not changed since, else a new one."""
+        once if the weights have not changed since, else a new one, in ``dtype`` (default: theirs)."""
         stack, self._stack = self._stack, None
-        if stack is not None and self._kept_versions == self._versions():
+        if stack is not None and self._kept_versions == self._versions() and dtype in (None, stack.dtype):
             return stack
-        return own_slice_stack([mod.weight for mod in self.modules], self.rank, self.world)
+        return own_slice_stack([mod.weight for mod in self.modules], self.rank, self.world, dtype)
 
     def gammas(self) -> Tensor:
         return own_slice_stack([mod.pc_gamma for mod in self.modules], self.rank, self.world)
@@ -148,10 +148,14 @@ class _Group:
         self._gram, self._kept_versions = (gram, sigma), self._versions()
         self._stack = weights if stacks_locally(self.modules[0].weight) else None
 
+    def keeps_gram(self) -> bool:
+        """Whether the slice's Gram matrices and sigmas are kept and still valid for the weights."""
+        return self._gram is not None and self._kept_versions == self._versions()
+
     def gram_and_sigma(self, weights: Tensor, u: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """The slice's Gram matrices of X = W / sigma and sigmas: the kept ones if the weights have not
         changed since."""
-        if self._gram is not None and self._kept_versions == self._versions():
+        if self.keeps_gram():
             return self._gram
         return _x_gram_and_sigma(*_with_gram(weights), u, v)
 
@@ -295,7 +299,12 @@ class PCStep:
             mod.take_step_grad()
         grads, group.grad_sum = group.grad_sum, None
         reduce_slices(grads, group.bounds)
-        weights, gammas = group.weights(), group.gammas()  # collectives every rank joins when sharded
+        # With the Gram matrices and sigmas kept from begin, the weights enter only the products with
+        # them: stacked straight in those products' dtype, a float32 stack and its conversion are saved.
+        # (Only where stacking is local: the choice must not differ between ranks that stack together.)
+        first = group.modules[0]
+        narrow = self.product_dtype if stacks_locally(first.weight) and group.keeps_gram() else None
+        weights, gammas = group.weights(narrow), group.gammas()  # collectives every rank joins when sharded
         grad_gammas = torch.empty((len(group.modules), 1), dtype=grads.dtype, device=grads.device)
         if group.owns_any:
             rows = slice(group.start, group.end)
@@ -306,11 +315,12 @@ class PCStep:
                 gammas,
                 u[rows],
                 v[rows],
-                group.modules[0].degree,
+                first.degree,
                 grads[rows].div_(self.world) if self.world > 1 else grads[rows],
                 gram=gram,
                 sigma=sigma,
                 product_dtype=self.product_dtype,
+                out_dtype=grads.dtype,
             )
             if group.owns_all and grad_weight.dtype == grads.dtype:
                 grads = grad_weight  # this rank computed the whole stack: no copy into the old buffer

@@ -26,9 +26,10 @@ def _per_matrix(scalar: Tensor, like: Tensor) -> Tensor:
     return scalar.reshape(*like.shape[:-2], 1, 1)
 
 
-def _sigma(w: Tensor, u: Tensor, v: Tensor, sigma: Tensor | None) -> Tensor:
-    """The per-matrix sigma shaped to broadcast: the caller's, or u^T W v + eps (differentiable in W)."""
-    return _per_matrix(spectral_norm_estimate(w, u, v) if sigma is None else sigma.to(w.dtype), w)
+def _sigma(w: Tensor, u: Tensor, v: Tensor, sigma: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """The per-matrix sigma in ``dtype`` shaped to broadcast: the caller's, or u^T W v + eps
+    (differentiable in W)."""
+    return _per_matrix(spectral_norm_estimate(w, u, v) if sigma is None else sigma.to(dtype), w)
 
 
 def normalize_gram_(gram: Tensor, sigma: Tensor) -> Tensor:
@@ -69,7 +70,7 @@ def effective_weight(
     with autocast_off(weight.device.type):
         dtype = compute_dtype(weight.dtype)
         w = weight.to(dtype)
-        s = _sigma(w, u, v, sigma)
+        s = _sigma(w, u, v, sigma, dtype)
         out_scale = _per_matrix(gamma.to(dtype), w) * s.detach()
         out = polynomial_map(
             w, degree, scale=1 / s, gram=gram, out_scale=out_scale, product_dtype=product_dtype
@@ -89,6 +90,7 @@ def effective_weight_vjp(
     gram: Tensor | None = None,
     sigma: Tensor | None = None,
     product_dtype: torch.dtype | None = None,
+    out_dtype: torch.dtype | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(dL/dweight, dL/dgamma) of :func:`effective_weight` for dL/dW_eff = ``grad``, in closed form.
 
@@ -97,12 +99,15 @@ def effective_weight_vjp(
     dL/dgamma = stopgrad(sigma) * <grad, P>. Same precision rules, ``gram``, ``sigma`` and
     ``product_dtype`` (here its three products with the large matrices) as the forward; gamma and
     1/sigma are folded into the small matrices, so the large ones are read by the matrix products and
-    by the rank-one correction only.
+    by the rank-one correction only. Given ``gram`` and ``sigma``, those products are all W enters,
+    so ``weight`` may come already in ``product_dtype`` (the caller stacked it so, saving a float32
+    stack and its conversion); dL/dweight comes in ``out_dtype`` (default: the weight's).
     """
     with autocast_off(weight.device.type):
         dtype = compute_dtype(weight.dtype)
-        w = weight.to(dtype)
-        s = _sigma(w, u, v, sigma)
+        narrow = weight.dtype == product_dtype and gram is not None and sigma is not None
+        w = weight if narrow else weight.to(dtype)
+        s = _sigma(w, u, v, sigma, dtype)
         g = _per_matrix(gamma.to(dtype), w)
         grad_weight, inner, along_x = polynomial_map_vjp(
             w, grad.to(dtype), degree, scale=1 / s, gram=gram, out_scale=g, product_dtype=product_dtype
@@ -117,4 +122,4 @@ def effective_weight_vjp(
             v.to(grad_dtype).unsqueeze(-2),
         )
         grad_gamma = (s.reshape(inner.shape) * inner).reshape(gamma.shape)
-    return grad_weight.to(weight.dtype), grad_gamma.to(gamma.dtype)
+    return grad_weight.to(out_dtype or weight.dtype), grad_gamma.to(gamma.dtype)

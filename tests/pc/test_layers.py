@@ -233,9 +233,9 @@ def test_the_gram_kept_between_phases_is_dropped_when_the_weights_change(monkeyp
     weights = {id(mod.weight) for _, mod in pc_modules(model)}
     own_slice_stack = pc_step.own_slice_stack
 
-    def counted_stack(params, rank, world):
+    def counted_stack(params, rank, world, dtype=None):
         stacks.extend([1] if id(params[0]) in weights else [])
-        return own_slice_stack(params, rank, world)
+        return own_slice_stack(params, rank, world, dtype)
 
     monkeypatch.setattr(pc_step, "own_slice_stack", counted_stack)
     step = PCStep(model)

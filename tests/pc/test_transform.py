@@ -8,9 +8,9 @@ from pc_reference import F64, SHAPES, rand, ref_precondition, ref_q_scalar, unit
 from torch import nn
 
 from pcpretrain.pc import PCLinear
-from pcpretrain.pc.polynomial import polynomial_map, polynomial_map_vjp, precondition
+from pcpretrain.pc.polynomial import polynomial_map, polynomial_map_vjp, precondition, smaller_gram
 from pcpretrain.pc.spectral import power_iteration_, spectral_norm_estimate
-from pcpretrain.pc.transform import effective_weight, effective_weight_vjp
+from pcpretrain.pc.transform import effective_weight, effective_weight_vjp, normalize_gram_
 
 # ----------------------------------------------------------------------------- pure math
 
@@ -230,3 +230,24 @@ def test_bf16_products_stay_at_bf16_level_accuracy(shape, degree):
         err = float((got.double() - ref).norm() / ref.norm())
         assert 5e-4 < err < 1e-2, err
     torch.testing.assert_close(grad_gamma.double(), ref_gamma, rtol=2e-2, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(160, 64), (64, 160)])
+def test_weights_given_in_the_products_dtype_give_the_same_gradients_bitwise(shape):
+    """With the Gram matrix and sigma given, W enters the backward only through the bf16 products, so
+    weights handed over in bf16 (stacked so by the caller) change nothing but the work."""
+    m, n = shape
+    weight = (0.02 * rand(3, m, n, seed=5)).float()
+    u, v = unit(m, 6).float().expand(3, m).clone(), unit(n, 7).float().expand(3, n).clone()
+    power_iteration_(weight, u, v, iters=5)
+    gamma, grad = torch.full((3, 1), 0.9), rand(3, m, n, seed=8).float()
+    sigma = spectral_norm_estimate(weight, u, v)
+    given = {"gram": normalize_gram_(smaller_gram(weight), sigma), "sigma": sigma}
+    bf16 = torch.bfloat16
+    expected = effective_weight_vjp(weight, gamma, u, v, 4, grad, **given, product_dtype=bf16)
+    got = effective_weight_vjp(
+        weight.to(bf16), gamma, u, v, 4, grad, **given, product_dtype=bf16, out_dtype=torch.float32
+    )
+    assert got[0].dtype == torch.float32
+    for mine, theirs in zip(got, expected, strict=True):
+        assert torch.equal(mine, theirs)
