@@ -14,6 +14,7 @@
 #   throughput              baseline, pc4, pc4-tf32, muon, muon-standard, muon-gram-compiled, muon-pc2,
 #                           muon-pc2-fast side by side, 4 micro-batches: the table with and
 #                           without each fast option (about 30 s a variant on an H100, more with compile)
+#   throughput_whole        baseline, pc4, muon with the symmetric products whole instead of in strips
 #   profile                 one profiled step of baseline, pc4, muon-gram-compiled, muon-pc2-fast:
 #                           <out>/profile/<variant>/top_ops_*.txt, time per step phase, then top ops
 #                           (the traces are deleted: too large to bring back from a lent machine)
@@ -26,8 +27,8 @@ cd "$(dirname "$0")/.."
 out="${1:-gpu-measurements}"
 shift || true
 names=("$@")
-[ ${#names[@]} -eq 0 ] && names=(throughput profile throughput_10mb pc_step pc_step_whole pc_step_tf32 optimizer optimizer_whole numerics
-    gpu_tests)
+[ ${#names[@]} -eq 0 ] && names=(throughput throughput_whole profile throughput_10mb pc_step pc_step_whole
+    pc_step_tf32 optimizer optimizer_whole numerics gpu_tests)
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader >"$out/device.txt" 2>&1
 
@@ -52,6 +53,9 @@ for name in "${names[@]}"; do
         throughput)
             run "$name" 480 python scripts/bench_throughput.py --steps 4 --warmup 2 --variants baseline \
                 pc4 pc4-tf32 muon muon-standard muon-gram-compiled muon-pc2 muon-pc2-fast ;;
+        throughput_whole)
+            run "$name" 300 python scripts/bench_throughput.py --steps 4 --warmup 2 --symmetric-strips 1 \
+                --variants baseline pc4 muon ;;
         profile)
             run "$name" 240 python scripts/bench_throughput.py --steps 1 --warmup 2 \
                 --variants baseline pc4 muon-gram-compiled muon-pc2-fast --profile "$out/profile"
