@@ -21,10 +21,10 @@ def phase_flops(shapes: dict[tuple[int, int], int], symmetric: float = 1.0) -> d
     """The phases' matrix-product FLOPs by hand, for degree 4 (m >= n the sides of each matrix):
     begin ``W q`` (m n^2) and q (2 n^3), the Gram coming from the power iteration; finish
     ``W^T dW_eff``, ``dW_eff q`` and ``W Dq[A + A^T]`` (3 m n^2), q again and its derivative (5 n^3),
-    sigma's rank-one term (m n) and two inner products of n x n matrices;
-    spectral the Gram (m n^2), three m x n (two of the iteration, sigma's) and 9 n x n
-    matrix-vector products. The products whose result
-    is symmetric (the Gram, q's two and the derivative's last two) cost ``symmetric`` of a whole one."""
+    sigma's rank-one term (m n) and two inner products of n x n matrices; spectral the Gram (m n^2),
+    three m x n (two of the iteration, sigma's) and 9 n x n matrix-vector products. The products
+    whose result is symmetric (the Gram, q's two and the derivative's last two) cost ``symmetric`` of
+    a whole one."""
     totals = dict.fromkeys(PHASES[:-1], 0.0)
     polynomial = POLYNOMIAL_PRODUCTS * symmetric
     for shape, count in shapes.items():

@@ -18,6 +18,7 @@ from helpers import compose_config, is_top_level_op
 from torch.profiler import ProfilerActivity, profile
 
 from pcpretrain.batched_matmul import symmetric_strips
+from pcpretrain.op_costs import OpCosts
 from pcpretrain.stop_signals import StopSignals
 from pcpretrain.train.callbacks.base import Callback
 from pcpretrain.train.engine import build_accelerator
@@ -202,17 +203,18 @@ def test_steps_with_symmetric_products_in_strips_train_like_whole_products(optim
     normalisation lifts to ~1e-6 in weights whose gradients are near zero)."""
     overrides = ("pc.degree=4", f"optimizer={optimizer}", "optimizer.ns_dtype=float32")
 
-    def train(strips: int) -> tuple[list[float], dict[str, torch.Tensor]]:
+    def train(strips: int) -> tuple[list[float], dict[str, torch.Tensor], int]:
         logger = LogsEvery(1)
         with symmetric_strips(strips, min_rows=16):
             trainer = make_trainer(2, *overrides, callbacks=[logger])
             trainer.last_step = 4
-            trainer.fit()
+            with OpCosts() as costs:
+                trainer.fit()
         weights = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
-        return [record["loss"] for record in logger.records], weights
+        return [record["loss"] for record in logger.records], weights, costs.flops
 
-    (whole_losses, whole), (strips_losses, strips) = train(1), train(4)
-    assert len(whole_losses) == 4
+    (whole_losses, whole, whole_flops), (strips_losses, strips, strips_flops) = train(1), train(4)
+    assert len(whole_losses) == 4 and strips_flops < whole_flops  # the strips did run
     assert strips_losses == pytest.approx(whole_losses, rel=1e-6)
     for name, weight in whole.items():
         torch.testing.assert_close(strips[name], weight, rtol=0, atol=1e-5, msg=name)
