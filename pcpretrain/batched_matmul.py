@@ -15,6 +15,8 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
+from pcpretrain.transpose_kernels import copy_transposed_
+
 
 def scaled_matmul_add(c: Tensor, a: Tensor, b: Tensor, beta: float = 1.0, alpha: float = 1.0) -> Tensor:
     """``beta * c + alpha * (a @ b)`` as one product, for a matrix or any stack (leading dimensions
@@ -128,9 +130,10 @@ def symmetric_matmul(
 
     Each row strip (:func:`strip_bounds`) is multiplied out from its diagonal block rightwards only,
     straight into the result; its part left of the diagonal block is copied from the transpose of the
-    column above it. That leaves (k + 1) / 2k of the FLOPs for k strips. Under autograd (a product that
-    writes into slices of its result cannot be differentiated) and for results too small for two
-    strips, the whole products run instead.
+    column above it (:func:`pcpretrain.transpose_kernels.copy_transposed_`: coalesced tiles on CUDA).
+    That leaves (k + 1) / 2k of the FLOPs for k strips. Under autograd (a product that writes into
+    slices of its result cannot be differentiated) and for results too small for two strips, the whole
+    products run instead.
     """
     a0 = products[0][0]
     n = a0.shape[-2]
@@ -152,5 +155,5 @@ def symmetric_matmul(
             else:
                 target.baddbmm_(rows, cols, beta=0.0, alpha=alpha)
         if start > 0:
-            flat[:, start:end, :start].copy_(flat[:, :start, start:end].mT)
+            copy_transposed_(flat[:, start:end, :start], flat[:, :start, start:end])
     return out

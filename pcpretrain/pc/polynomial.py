@@ -16,6 +16,7 @@ from torch import Tensor
 
 from pcpretrain.batched_matmul import add_matmul_, symmetric_matmul
 from pcpretrain.choices import PC_COEFFICIENTS
+from pcpretrain.transpose_kernels import symmetric_sum
 
 
 def check_degree(degree: int) -> int:
@@ -69,8 +70,7 @@ class _PolynomialAtGram:
         c, g = self.coeffs, self.gram
         if len(c) == 2:
             return s * c[1]
-        sg = s @ g
-        d_square = torch.add(sg, sg.mT)
+        d_square = symmetric_sum(s @ g)
         if len(c) == 3:
             return d_square.mul_(c[2]).add_(s, alpha=c[1])
         d_tail = torch.add(d_square, s, alpha=c[3] / self.top) if len(c) == 5 else s
@@ -187,10 +187,11 @@ def polynomial_map_vjp(
     x, grad = _scaled(x, None, product_dtype), _scaled(grad, None, product_dtype)
     xt, gt = (x, grad) if tall else (x.mT, grad.mT)
     # A = scale * a with a = x^T grad: everything below is linear in A, so scale goes into the per-matrix
-    # scalars and into the one scaling of Dq's result instead of a pass over a.
-    a = (xt.mT @ gt).to(gram.dtype)
-    inner_a = _inner(a, q)
-    sym = polynomial.derivative(a + a.mT)
+    # scalars and into the one scaling of Dq's result instead of a pass over a. Only a + a^T is formed
+    # (in the Gram's dtype, straight from the product's), and <a, q> = <a + a^T, q> / 2 as q is symmetric.
+    a_sym = symmetric_sum(xt.mT @ gt, gram.dtype)
+    inner_a = _inner(a_sym, q) * 0.5
+    sym = polynomial.derivative(a_sym)
     along_x = _per_matrix_scaled(inner_a + _inner(sym, gram), scale)
     inner = _per_matrix_scaled(inner_a, scale)
     sym_scale = _factor(_factor(scale, scale), out_scale)

@@ -1,0 +1,142 @@
+"""Transposing copies and symmetric sums: the eager ops here, the tiled Triton kernels under Triton's
+CPU interpreter (in a subprocess, since the interpreter is chosen when the kernels are defined), and
+the fallback that turns a failing kernel off."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import pytest
+import torch
+
+from pcpretrain import transpose_kernels
+from pcpretrain.transpose_kernels import copy_transposed_, set_transpose_kernels, symmetric_sum
+
+needs_triton = pytest.mark.skipif(transpose_kernels.triton is None, reason="Triton is not installed")
+
+
+def test_copy_transposed_writes_the_transpose_into_a_block_view() -> None:
+    c = torch.randn(3, 50, 50)
+    expected = c.clone()
+    expected[:, 20:40, :20] = c[:, :20, 20:40].mT
+    copy_transposed_(c[:, 20:40, :20], c[:, :20, 20:40])
+    assert torch.equal(c, expected)
+
+
+def test_copy_transposed_rejects_mismatched_shapes_and_dtypes() -> None:
+    with pytest.raises(ValueError, match=r"cannot copy the transpose of \(3, 4\)"):
+        copy_transposed_(torch.empty(3, 4), torch.empty(3, 4))
+    with pytest.raises(ValueError, match="torch.bfloat16"):
+        copy_transposed_(torch.empty(4, 3), torch.empty(3, 4, dtype=torch.bfloat16))
+
+
+def test_symmetric_sum_in_a_wider_dtype() -> None:
+    x = torch.randn(2, 9, 9).to(torch.bfloat16)
+    out = symmetric_sum(x, torch.float32)
+    assert out.dtype == torch.float32 and out.is_contiguous()
+    assert torch.equal(out, x.float() + x.float().mT)
+    assert torch.equal(out, out.mT)
+
+
+# Run under TRITON_INTERPRET=1: every kernel launch on CPU tensors, compared with the eager op it
+# replaces, bit for bit, on shapes that are not multiples of the tile, on block views of larger stacks,
+# in every dtype the products use; then the callers with strips cut small enough to use them.
+INTERPRETED_CHECKS = textwrap.dedent(
+    """
+    import warnings
+    import torch
+    from pcpretrain import transpose_kernels as tk
+    from pcpretrain.batched_matmul import symmetric_matmul, symmetric_strips
+    from pcpretrain.optim.newton_schulz import orthogonalize
+    from pcpretrain.pc.polynomial import polynomial_map_vjp, scaled_gram
+
+    warnings.simplefilter("error")  # a kernel turning itself off warns: fail instead
+    torch.manual_seed(0)
+    assert tk._kernel_applies("copy", torch.ones(2, 2)) and tk._kernel_applies("sum", torch.ones(2, 2))
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        stack = torch.randn(3, 150, 150).to(dtype)
+        for dst, src in [
+            (stack[:, 70:150, :70], stack[:, :70, 70:150]),  # 80 x 70 block of a stack
+            (stack[1, 5:9, 100:137], stack[1, 100:137, 5:9]),  # a lone matrix, 4 x 37
+        ]:
+            expected = src.mT.clone()
+            assert torch.equal(tk.copy_transposed_(dst, src), expected), (dtype, dst.shape)
+        for x in (stack, stack[2, :130, :130]):
+            for out_dtype in (torch.float32, torch.float64):
+                wide = x.to(out_dtype)
+                assert torch.equal(tk.symmetric_sum(x, out_dtype), wide + wide.mT), (dtype, x.shape)
+    wide_dtypes = (torch.float32, torch.float64)
+    assert tk._CHECKED == {("copy", d, "cpu") for d in (*wide_dtypes, torch.bfloat16)} | {
+        ("sum", d, "cpu") for d in wide_dtypes
+    }
+
+    def run_callers():
+        with symmetric_strips(4, 32):
+            x = torch.randn(3, 160, 96)
+            grad = torch.randn(3, 160, 96)
+            gram = scaled_gram(x)
+            return (
+                symmetric_matmul([(x.mT, x)]),
+                orthogonalize(torch.randn(2, 130, 200), steps=3, dtype=torch.bfloat16, method="gram"),
+                *polynomial_map_vjp(x, grad, 4, gram=gram, product_dtype=torch.bfloat16),
+            )
+
+    torch.manual_seed(1)
+    tiled = run_callers()
+    tk.set_transpose_kernels(False)
+    torch.manual_seed(1)
+    eager = run_callers()
+    assert all(torch.equal(a, b) for a, b in zip(tiled, eager, strict=True))
+    print("interpreted kernels match")
+    """
+)
+
+
+@needs_triton
+def test_kernels_under_the_interpreter_match_the_eager_ops_bit_for_bit() -> None:
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", INTERPRETED_CHECKS], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "interpreted kernels match" in result.stdout
+
+
+class _WrongKernel:
+    """Stands in for a compiled kernel that runs but writes the wrong values."""
+
+    def __getitem__(self, grid: tuple[int, ...]):
+        def launch(src, dst, *args, **kwargs) -> None:  # noqa: ANN001, ANN003, ANN002 - the kernel's signature
+            dst.fill_(7.0)
+
+        return launch
+
+
+@needs_triton
+def test_a_kernel_that_differs_from_the_eager_op_turns_itself_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transpose_kernels, "_transpose_tiles", _WrongKernel())
+    monkeypatch.setattr(transpose_kernels, "_DISABLED", set())
+    monkeypatch.setattr(transpose_kernels, "_CHECKED", set())
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # lets the (stand-in) kernel take CPU tensors
+    src = torch.randn(5, 3)
+    with pytest.warns(RuntimeWarning, match="copy kernel is off for this process because its result differs"):
+        dst = copy_transposed_(torch.empty(3, 5), src)
+    assert torch.equal(dst, src.mT)
+    assert sorted(transpose_kernels._DISABLED) == ["copy"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # off now: no second warning, the eager op runs
+        assert torch.equal(copy_transposed_(torch.empty(3, 5), src), src.mT)
+
+
+def test_the_benchmark_switch_turns_the_kernels_off_and_back() -> None:
+    previous = set_transpose_kernels(False)
+    try:
+        assert transpose_kernels.transposes_label() == "transposes eager"
+        assert not transpose_kernels._kernel_applies("copy", torch.ones(2, 2, device="meta"))
+    finally:
+        set_transpose_kernels(previous)
+    assert set_transpose_kernels(previous) is previous
