@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
-from pcpretrain.transpose_kernels import copy_transposed_
+from pcpretrain.transpose_kernels import copy_transposed_, set_transpose_kernels, transposes_label
 
 
 def scaled_matmul_add(c: Tensor, a: Tensor, b: Tensor, beta: float = 1.0, alpha: float = 1.0) -> Tensor:
@@ -68,8 +68,9 @@ def symmetric_strips(max_strips: int, min_rows: int = MIN_STRIP_ROWS) -> Iterato
         set_symmetric_strips(*previous)
 
 
-def add_strips_option(parser: argparse.ArgumentParser) -> None:
-    """The benchmarks' ``--symmetric-strips K``, for :func:`set_symmetric_strips`."""
+def add_product_options(parser: argparse.ArgumentParser) -> None:
+    """The benchmarks' ``--symmetric-strips K`` (:func:`set_symmetric_strips`) and ``--eager-transposes``
+    (:func:`pcpretrain.transpose_kernels.set_transpose_kernels`), to compare the ways side by side."""
     parser.add_argument(
         "--symmetric-strips",
         type=int,
@@ -79,13 +80,24 @@ def add_strips_option(parser: argparse.ArgumentParser) -> None:
         help=f"compute products with a symmetric result in up to K row strips (default {MAX_STRIPS}; 1: "
         "whole products, for comparison)",
     )
+    parser.add_argument(
+        "--eager-transposes",
+        action="store_true",
+        help="transposing copies and symmetric sums as eager ops, not in tiled kernels (for comparison)",
+    )
 
 
-def symmetric_strips_label() -> str:
-    """How symmetric products are computed now, for benchmark headers."""
-    if _STRIPS["max_strips"] == 1:
-        return "symmetric products whole"
-    return f"symmetric products in up to {_STRIPS['max_strips']} strips of >= {_STRIPS['min_rows']} rows"
+def apply_product_options(args: argparse.Namespace) -> str:
+    """Set what :func:`add_product_options` parsed; returns how products now run, for benchmark headers."""
+    set_symmetric_strips(args.symmetric_strips)
+    set_transpose_kernels(not args.eager_transposes)
+    strips = _STRIPS["max_strips"]
+    products = (
+        "symmetric products whole"
+        if strips == 1
+        else f"symmetric products in up to {strips} strips of >= {_STRIPS['min_rows']} rows"
+    )
+    return f"{products}, {transposes_label()}"
 
 
 def strip_bounds(n: int) -> list[int]:

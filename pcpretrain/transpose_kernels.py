@@ -18,7 +18,6 @@ version the kernels were never tried on costs speed, never correctness.
 
 from __future__ import annotations
 
-import argparse
 import os
 import warnings
 from collections.abc import Callable
@@ -91,18 +90,12 @@ def set_transpose_kernels(enabled: bool) -> bool:
     return previous
 
 
-def add_transposes_option(parser: argparse.ArgumentParser) -> None:
-    """The benchmarks' ``--eager-transposes``, for :func:`set_transpose_kernels`."""
-    parser.add_argument(
-        "--eager-transposes",
-        action="store_true",
-        help="transposing copies and symmetric sums as eager PyTorch ops instead of the tiled kernels",
-    )
-
-
 def transposes_label() -> str:
-    """How transposing copies run now, for benchmark headers."""
-    return "transposes in tiled kernels" if _kernels_on("copy") else "transposes eager"
+    """How transposing copies and symmetric sums run now, for benchmark headers (the kernels only ever
+    take CUDA tensors outside the interpreter)."""
+    if triton is None:
+        return "transposes eager (no Triton)"
+    return "transposes in tiled kernels on CUDA" if _kernels_on("copy") else "transposes eager"
 
 
 def _kernels_on(name: str) -> bool:

@@ -23,7 +23,7 @@ import traceback
 import torch
 
 from pcpretrain import pc
-from pcpretrain.batched_matmul import add_strips_option, set_symmetric_strips, symmetric_strips_label
+from pcpretrain.batched_matmul import add_product_options, apply_product_options
 from pcpretrain.config import compose_train_config
 from pcpretrain.model import build_model
 from pcpretrain.op_costs import OpCosts
@@ -107,9 +107,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--count-only", action="store_true", help="the FLOP and byte columns only, no timing")
-    add_strips_option(parser)
+    add_product_options(parser)
     args = parser.parse_args()
-    set_symmetric_strips(args.symmetric_strips)
+    products_label = apply_product_options(args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     seconds: dict[str, float | str] = {row: "-" for row in ROWS}
     for row, (name, degree, extra) in ({} if args.count_only else ROWS).items():
@@ -121,7 +121,7 @@ def main() -> None:
         torch._dynamo.reset()
     costs = costs_by_row(args.model)
     where = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
-    print(f"model {args.model} on {where}, {symmetric_strips_label()}")
+    print(f"model {args.model} on {where}, {products_label}")
     print(f"{'optimizer':18} {'step ms':>10} {'vs AdamW':>9} {'GFLOP':>10} {'other GB':>9}")
     adamw = seconds["adamw"]
     failed = [row for row, value in seconds.items() if isinstance(value, str) and value.startswith("failed")]

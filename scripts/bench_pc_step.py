@@ -25,7 +25,7 @@ from collections.abc import Callable
 import torch
 
 from pcpretrain import pc
-from pcpretrain.batched_matmul import add_strips_option, set_symmetric_strips, symmetric_strips_label
+from pcpretrain.batched_matmul import add_product_options, apply_product_options
 from pcpretrain.config import compose_train_config
 from pcpretrain.model import build_model
 from pcpretrain.op_costs import OpCosts
@@ -91,9 +91,9 @@ def main() -> None:
         help="the work of the busiest of this many ranks: its slice of every shape group (collectives "
         "not included)",
     )
-    add_strips_option(parser)
+    add_product_options(parser)
     args = parser.parse_args()
-    set_symmetric_strips(args.symmetric_strips)
+    products_label = apply_product_options(args)
     if args.ranks < 1:
         parser.error(f"--ranks must be at least 1, got {args.ranks}")
 
@@ -151,7 +151,7 @@ def main() -> None:
     share = f", the busiest of {args.ranks} ranks' share" if args.ranks > 1 else ""
     print(
         f"{len(layers)} PC layers{share}, layers per shape {shapes}, degree {args.degree}, {device.type}, "
-        f"products with the large matrices in {products}, {symmetric_strips_label()}"
+        f"products with the large matrices in {products}, {products_label}"
     )
     for totals in (seconds, flops, traffic):
         totals["total"] = sum(totals.values())

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from pcpretrain.batched_matmul import add_strips_option, set_symmetric_strips, symmetric_strips_label
+from pcpretrain.batched_matmul import add_product_options, apply_product_options
 from pcpretrain.config import TrainConfig, compose_train_config
 from pcpretrain.model import flops_per_token, peak_flops
 from pcpretrain.train.callbacks.base import Callback
@@ -270,9 +270,9 @@ def main() -> None:
         metavar="DIR",
         help="profile each variant's last step (untimed) into DIR/<variant>/: trace, phases, top ops",
     )
-    add_strips_option(parser)
+    add_product_options(parser)
     args = parser.parse_args()
-    set_symmetric_strips(args.symmetric_strips)
+    products_label = apply_product_options(args)
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
@@ -298,7 +298,7 @@ def main() -> None:
     model = "tiny" if args.tiny else args.model
     print(
         f"model {model}, seq {args.seq_len}, micro-batch {args.micro_batch_size} "
-        f"x {args.micro_batches} per step, on {device}, {symmetric_strips_label()}"
+        f"x {args.micro_batches} per step, on {device}, {products_label}"
     )
     print(render(results, failures, args.variants))
     if failures:

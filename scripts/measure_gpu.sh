@@ -8,13 +8,16 @@
 #   pc_step, pc_step_tf32   the PC phases alone (bench_pc_step.py), as training runs them (bf16
 #                           products) and with every product in TF32 (pc.bf16_products=false)
 #   pc_step_whole           as pc_step, with the symmetric products whole instead of in strips
+#   pc_step_eager           as pc_step, with transposing copies and symmetric sums eager, not in tiled kernels
 #   optimizer               AdamW and Muon (standard or Gram Newton-Schulz, eager or compiled), the step alone
 #   optimizer_whole         as optimizer, with the symmetric products whole instead of in strips
+#   optimizer_eager         as optimizer, with the strips' transposing copies eager, not in tiled kernels
 #   numerics                the transform's error against float64 on the GPU (pc_numerics.py)
 #   throughput              baseline, pc4, pc4-tf32, muon, muon-standard, muon-gram-compiled, muon-pc2,
 #                           muon-pc2-fast side by side, 4 micro-batches: the issue's table with and
 #                           without each fast option (about 30 s a variant on an H100, more with compile)
 #   throughput_whole        baseline, pc4, muon with the symmetric products whole instead of in strips
+#   throughput_eager        baseline, pc4, muon with transposing copies and sums eager, not in tiled kernels
 #   profile                 one profiled step of baseline, pc4, muon-gram-compiled, muon-pc2-fast:
 #                           <out>/profile/<variant>/top_ops_*.txt, time per step phase, then top ops
 #                           (the traces are deleted: too large to bring back from a lent machine)
@@ -27,8 +30,8 @@ cd "$(dirname "$0")/.."
 out="${1:-gpu-measurements}"
 shift || true
 names=("$@")
-[ ${#names[@]} -eq 0 ] && names=(throughput throughput_whole profile throughput_10mb pc_step pc_step_whole
-    pc_step_tf32 optimizer optimizer_whole numerics gpu_tests)
+[ ${#names[@]} -eq 0 ] && names=(throughput throughput_whole throughput_eager profile throughput_10mb pc_step
+    pc_step_whole pc_step_eager pc_step_tf32 optimizer optimizer_whole optimizer_eager numerics gpu_tests)
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader >"$out/device.txt" 2>&1
 
@@ -46,15 +49,21 @@ for name in "${names[@]}"; do
         pc_step) run "$name" 120 python scripts/bench_pc_step.py --steps 5 --warmup 2 ;;
         pc_step_tf32) run "$name" 120 python scripts/bench_pc_step.py --steps 5 --warmup 2 --no-bf16-products ;;
         pc_step_whole) run "$name" 120 python scripts/bench_pc_step.py --steps 5 --warmup 2 --symmetric-strips 1 ;;
+        pc_step_eager) run "$name" 120 python scripts/bench_pc_step.py --steps 5 --warmup 2 --eager-transposes ;;
         optimizer) run "$name" 240 python scripts/bench_optimizer.py --steps 5 --warmup 2 ;;
         optimizer_whole)
             run "$name" 240 python scripts/bench_optimizer.py --steps 5 --warmup 2 --symmetric-strips 1 ;;
+        optimizer_eager)
+            run "$name" 240 python scripts/bench_optimizer.py --steps 5 --warmup 2 --eager-transposes ;;
         numerics) run "$name" 120 python scripts/pc_numerics.py ;;
         throughput)
             run "$name" 480 python scripts/bench_throughput.py --steps 4 --warmup 2 --variants baseline \
                 pc4 pc4-tf32 muon muon-standard muon-gram-compiled muon-pc2 muon-pc2-fast ;;
         throughput_whole)
             run "$name" 300 python scripts/bench_throughput.py --steps 4 --warmup 2 --symmetric-strips 1 \
+                --variants baseline pc4 muon ;;
+        throughput_eager)
+            run "$name" 300 python scripts/bench_throughput.py --steps 4 --warmup 2 --eager-transposes \
                 --variants baseline pc4 muon ;;
         profile)
             run "$name" 240 python scripts/bench_throughput.py --steps 1 --warmup 2 \

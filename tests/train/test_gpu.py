@@ -3,15 +3,18 @@ plain ones. Skipped without CUDA."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 from helpers import read_metrics, run_cli, tiny_config
 
+from pcpretrain import transpose_kernels
 from pcpretrain.batched_matmul import strip_bounds, symmetric_matmul, symmetric_strips
 from pcpretrain.model import peak_flops
 from pcpretrain.train.run import run_training
+from pcpretrain.transpose_kernels import copy_transposed_, symmetric_sum
 
 pytestmark = [
     pytest.mark.gpu,
@@ -119,3 +122,20 @@ def test_symmetric_products_in_strips_match_whole_products_on_the_gpu(dtype: tor
         error = (got.float() - expected.float()).norm() / expected.float().norm()
         assert error < tolerance, error
         assert torch.equal(got[:, 512:, :512], got[:, :512, 512:].mT)
+
+
+@pytest.mark.skipif(transpose_kernels.triton is None, reason="Triton is not installed")
+def test_transpose_kernels_run_on_the_gpu_and_give_the_eager_results() -> None:
+    """The tiled kernels take CUDA tensors at the 1B shapes, pass their first-launch check (a fallback
+    would warn) and write what the eager ops write, bit for bit."""
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        for dtype in (torch.float32, torch.bfloat16):
+            stack = torch.randn(4, 2048, 2048, device="cuda", generator=generator).to(dtype)
+            expected = stack[:, :1000, 1000:].mT.clone()
+            assert torch.equal(copy_transposed_(stack[:, 1000:, :1000], stack[:, :1000, 1000:]), expected)
+        x = torch.randn(3, 2000, 2000, device="cuda", generator=generator).to(torch.bfloat16)
+        assert torch.equal(symmetric_sum(x, torch.float32), x.float() + x.float().mT)
+    assert not transpose_kernels._DISABLED
+    assert {("copy", torch.bfloat16, "cuda"), ("sum", torch.float32, "cuda")} <= transpose_kernels._CHECKED
