@@ -1,23 +1,27 @@
 """Transposing copies and symmetric sums of matrix stacks, in coalesced tiles on CUDA.
 
-On CUDA, ``dst.copy_(src.mT)`` and ``x + x.mT`` run through PyTorch's generic elementwise kernel, which
-walks the result in memory order and so reads the transposed operand one row apart per element: each
-32-byte sector it fetches serves one element (pytorch/pytorch#113560 measures such a copy ~10x slower
-than a tiled one). The symmetric products of :mod:`pcpretrain.batched_matmul` fill the blocks below
-their diagonal with such copies, and the PC derivative symmetrises two n x n matrices per layer and
-step. The Triton kernels here move 64 x 64 tiles through on-chip memory instead, so reads and writes
-are both coalesced; the symmetric sum handles each pair of mirrored tiles once, reading the input once
-and writing both tiles of the result.
+On CUDA, ``dst.copy_(src.mT)`` and ``x + x.mT`` run through PyTorch's generic elementwise kernel,
+which walks the result in memory order and so reads the transposed operand one row apart per element:
+each 32-byte sector it fetches serves one element (pytorch/pytorch#113560: ~9x slower than a tiled
+copy for 1-byte elements, less for wider ones). The symmetric products of
+:mod:`pcpretrain.batched_matmul` fill the blocks below their diagonal with such copies, and the PC
+derivative symmetrises two n x n matrices per layer and step. The Triton kernels used here move
+64 x 64 tiles through on-chip memory instead, so reads and writes are both coalesced; the symmetric
+sum handles each pair of mirrored tiles once, reading the input once and writing both tiles of the
+result.
 
-The kernels run on CUDA tensors where Triton imports, and on CPU tensors under Triton's interpreter
-(``TRITON_INTERPRET=1``, how the tests run them); everywhere else the eager ops run, with the same
-results bit for bit. The first launch per kernel, dtype and device type is checked against the eager
-op; a mismatch or an error turns that kernel off for the process with a warning, so a GPU or Triton
-version the kernels were never tried on costs speed, never correctness.
+The kernels (:mod:`pcpretrain.transpose_tiles`, imported on first need) run on CUDA tensors where
+Triton is installed, and on CPU tensors under Triton's interpreter (``TRITON_INTERPRET=1``, how the
+tests run them); everywhere else the eager ops run, with the same results bit for bit. The first
+launch per kernel, dtype and device type is checked against the eager op; a mismatch or an error
+turns that kernel off for the process with a warning, so a GPU or Triton version the kernels were
+never tried on costs speed, never correctness.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 import warnings
 from collections.abc import Callable
@@ -25,58 +29,16 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # CPU-only installs: the eager ops serve
-    triton = None
-
-BLOCK = 64
 # Kernels switched off (by set_transpose_kernels, or after a failed first check) and the
 # (kernel, dtype, device type) combinations whose first launch matched the eager op.
 _DISABLED: set[str] = set()
 _CHECKED: set[tuple[str, torch.dtype, str]] = set()
 
-if triton is not None:
 
-    @triton.jit
-    def _transpose_tiles(src, dst, rows, cols, src_batch, src_row, dst_batch, dst_row, BLOCK: tl.constexpr):
-        """dst[b, i, j] = src[b, j, i] over one BLOCK x BLOCK tile of dst (rows x cols)."""
-        b = tl.program_id(2).to(tl.int64)
-        i = (tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
-        j = (tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
-        tile = tl.load(
-            src + b * src_batch + j[:, None] * src_row + i[None, :],
-            mask=(j[:, None] < cols) & (i[None, :] < rows),
-        )
-        tl.store(
-            dst + b * dst_batch + i[:, None] * dst_row + j[None, :],
-            tl.trans(tile),
-            mask=(i[:, None] < rows) & (j[None, :] < cols),
-        )
-
-    @triton.jit
-    def _symmetric_sum_tiles(x, out, n, x_batch, x_row, out_batch, out_row, BLOCK: tl.constexpr):
-        """out = x + x^T over the mirrored tiles (I, J) and (J, I) of out, I <= J, added in out's dtype
-        (float32 or float64: no narrowing store, whose rounding the interpreter does not reproduce)."""
-        tile_i = tl.program_id(0)
-        tile_j = tl.program_id(1)
-        if tile_i > tile_j:
-            return
-        b = tl.program_id(2).to(tl.int64)
-        i = (tile_i * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
-        j = (tile_j * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
-        upper_mask = (i[:, None] < n) & (j[None, :] < n)
-        lower_mask = (j[:, None] < n) & (i[None, :] < n)
-        upper = tl.load(x + b * x_batch + i[:, None] * x_row + j[None, :], mask=upper_mask).to(
-            out.dtype.element_ty
-        )
-        lower = tl.load(x + b * x_batch + j[:, None] * x_row + i[None, :], mask=lower_mask).to(
-            out.dtype.element_ty
-        )
-        total = upper + tl.trans(lower)
-        tl.store(out + b * out_batch + i[:, None] * out_row + j[None, :], total, mask=upper_mask)
-        tl.store(out + b * out_batch + j[:, None] * out_row + i[None, :], tl.trans(total), mask=lower_mask)
+@functools.cache
+def triton_available() -> bool:
+    """Whether Triton is installed (found without importing it)."""
+    return importlib.util.find_spec("triton") is not None
 
 
 def set_transpose_kernels(enabled: bool) -> bool:
@@ -93,23 +55,27 @@ def set_transpose_kernels(enabled: bool) -> bool:
 def transposes_label() -> str:
     """How transposing copies and symmetric sums run now, for benchmark headers (the kernels only ever
     take CUDA tensors outside the interpreter)."""
-    if triton is None:
+    if not triton_available():
         return "transposes eager (no Triton)"
     return "transposes in tiled kernels on CUDA" if _kernels_on("copy") else "transposes eager"
 
 
 def _kernels_on(name: str) -> bool:
-    return triton is not None and not _DISABLED & {"user", name}
+    return not _DISABLED & {"user", name} and triton_available()
 
 
 def _kernel_applies(name: str, *tensors: Tensor) -> bool:
     """Whether ``name``'s kernel takes these tensors: on CUDA (or any device under the interpreter), 2-D
-    or 3-D, unit stride along rows, not empty."""
+    or 3-D, unit stride along rows, not empty, and not while torch.compile traces (as in an evaluation
+    forward of a compiled layer that computes W_eff itself: inductor then tiles the eager op's
+    transpose on its own)."""
+    if torch.compiler.is_compiling():
+        return False
     interpreting = os.environ.get("TRITON_INTERPRET") == "1"
-    return _kernels_on(name) and all(
+    return all(
         (t.is_cuda or interpreting) and t.ndim in (2, 3) and t.stride(-1) == 1 and t.numel() > 0
         for t in tensors
-    )
+    ) and _kernels_on(name)
 
 
 def _stack(t: Tensor) -> Tensor:
@@ -156,14 +122,11 @@ def copy_transposed_(dst: Tensor, src: Tensor) -> Tensor:
             f"cannot copy the transpose of {tuple(src.shape)} {src.dtype} into {tuple(dst.shape)} {dst.dtype}"
         )
     if _kernel_applies("copy", dst, src):
-        d, s = _stack(dst), _stack(src)
-        rows, cols = d.shape[-2:]
 
         def launch() -> None:
-            grid = (triton.cdiv(rows, BLOCK), triton.cdiv(cols, BLOCK), d.shape[0])
-            _transpose_tiles[grid](
-                s, d, rows, cols, s.stride(0), s.stride(1), d.stride(0), d.stride(1), BLOCK=BLOCK
-            )
+            from pcpretrain.transpose_tiles import transpose_into
+
+            transpose_into(_stack(dst), _stack(src))
 
         if _checked_launch("copy", launch, dst, lambda: src.mT):
             return dst
@@ -187,20 +150,10 @@ def symmetric_sum(x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     ):
         return eager()
     out = torch.empty(x.shape, dtype=dtype, device=x.device)
-    xs, outs = _stack(x), _stack(out)
-    n = x.shape[-1]
 
     def launch() -> None:
-        tiles = triton.cdiv(n, BLOCK)
-        _symmetric_sum_tiles[(tiles, tiles, xs.shape[0])](
-            xs,
-            outs,
-            n,
-            xs.stride(0),
-            xs.stride(1),
-            outs.stride(0),
-            outs.stride(1),
-            BLOCK=BLOCK,
-        )
+        from pcpretrain.transpose_tiles import symmetric_sum_into
+
+        symmetric_sum_into(_stack(out), _stack(x))
 
     return out if _checked_launch("sum", launch, out, eager) else eager()

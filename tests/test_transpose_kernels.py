@@ -16,7 +16,7 @@ import torch
 from pcpretrain import transpose_kernels
 from pcpretrain.transpose_kernels import copy_transposed_, set_transpose_kernels, symmetric_sum
 
-needs_triton = pytest.mark.skipif(transpose_kernels.triton is None, reason="Triton is not installed")
+needs_triton = pytest.mark.skipif(not transpose_kernels.triton_available(), reason="Triton is not installed")
 
 
 def test_copy_transposed_writes_the_transpose_into_a_block_view() -> None:
@@ -106,19 +106,16 @@ def test_kernels_under_the_interpreter_match_the_eager_ops_bit_for_bit() -> None
     assert "interpreted kernels match" in result.stdout
 
 
-class _WrongKernel:
-    """Stands in for a compiled kernel that runs but writes the wrong values."""
-
-    def __getitem__(self, grid: tuple[int, ...]):
-        def launch(src, dst, *args, **kwargs) -> None:  # noqa: ANN001, ANN003, ANN002 - the kernel's signature
-            dst.fill_(7.0)
-
-        return launch
+def _wrong_transpose_into(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """Stands in for a kernel that runs but writes the wrong values."""
+    dst.fill_(7.0)
 
 
 @needs_triton
 def test_a_kernel_that_differs_from_the_eager_op_turns_itself_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(transpose_kernels, "_transpose_tiles", _WrongKernel())
+    from pcpretrain import transpose_tiles
+
+    monkeypatch.setattr(transpose_tiles, "transpose_into", _wrong_transpose_into)
     monkeypatch.setattr(transpose_kernels, "_DISABLED", set())
     monkeypatch.setattr(transpose_kernels, "_CHECKED", set())
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # lets the (stand-in) kernel take CPU tensors
@@ -140,3 +137,21 @@ def test_the_benchmark_switch_turns_the_kernels_off_and_back() -> None:
     finally:
         set_transpose_kernels(previous)
     assert set_transpose_kernels(previous) is previous
+
+
+def test_compiled_code_keeps_the_eager_ops(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Traced by torch.compile (a compiled layer computing W_eff in evaluation), the ops stay eager: a
+    kernel launch or its first check on traced tensors would break the graph or turn the kernel off."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # CPU tensors would take the kernels outside tracing
+    seen = []
+
+    def fill(c: torch.Tensor) -> torch.Tensor:
+        seen.append(transpose_kernels._kernel_applies("copy", c))
+        copy_transposed_(c[4:, :4], c[:4, 4:])
+        return c * 2
+
+    c = torch.randn(8, 8)
+    expected = c.clone()
+    expected[4:, :4] = c[:4, 4:].mT
+    assert torch.equal(torch.compile(fill, fullgraph=True)(c), expected * 2)
+    assert seen == [False]
