@@ -116,17 +116,19 @@ def _checked_launch(
 
 def copy_transposed_(dst: Tensor, src: Tensor) -> Tensor:
     """``dst[..., i, j] = src[..., j, i]`` in place (``dst.copy_(src.mT)``) for a matrix or a stack of
-    them (3-D views with any batch and row strides, e.g. blocks of a larger stack); returns ``dst``."""
-    if src.shape[-2:] != dst.shape[-2:][::-1] or src.dtype != dst.dtype:
+    them (3-D views with any batch and row strides, e.g. disjoint blocks of one larger stack); returns
+    ``dst``."""
+    if src.shape[:-2] != dst.shape[:-2] or src.shape[-2:] != dst.shape[-2:][::-1] or src.dtype != dst.dtype:
         raise ValueError(
             f"cannot copy the transpose of {tuple(src.shape)} {src.dtype} into {tuple(dst.shape)} {dst.dtype}"
         )
     if _kernel_applies("copy", dst, src):
 
         def launch() -> None:
-            from pcpretrain.transpose_tiles import transpose_into
+            from pcpretrain.transpose_tiles import on_device_of, transpose_into
 
-            transpose_into(_stack(dst), _stack(src))
+            with on_device_of(dst):
+                transpose_into(_stack(dst), _stack(src))
 
         if _checked_launch("copy", launch, dst, lambda: src.mT):
             return dst
@@ -152,8 +154,9 @@ def symmetric_sum(x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     out = torch.empty(x.shape, dtype=dtype, device=x.device)
 
     def launch() -> None:
-        from pcpretrain.transpose_tiles import symmetric_sum_into
+        from pcpretrain.transpose_tiles import on_device_of, symmetric_sum_into
 
-        symmetric_sum_into(_stack(out), _stack(x))
+        with on_device_of(out):
+            symmetric_sum_into(_stack(out), _stack(x))
 
     return out if _checked_launch("sum", launch, out, eager) else eager()

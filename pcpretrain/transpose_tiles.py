@@ -7,6 +7,9 @@ first result and falls back to the eager ops.
 
 from __future__ import annotations
 
+import contextlib
+
+import torch
 import triton
 import triton.language as tl
 from torch import Tensor
@@ -49,6 +52,11 @@ def _symmetric_sum_tiles(x, out, n, x_batch, x_row, out_batch, out_row, BLOCK: t
     total = upper.to(out.dtype.element_ty) + tl.trans(lower.to(out.dtype.element_ty))
     tl.store(out + b * out_batch + i[:, None] * out_row + j[None, :], total, mask=upper_mask)
     tl.store(out + b * out_batch + j[:, None] * out_row + i[None, :], tl.trans(total), mask=lower_mask)
+
+
+def on_device_of(t: Tensor) -> contextlib.AbstractContextManager:
+    """Launch on ``t``'s GPU, whichever is current (CPU tensors: under the interpreter, nothing to set)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 def transpose_into(dst: Tensor, src: Tensor) -> None:

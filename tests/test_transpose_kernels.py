@@ -32,6 +32,8 @@ def test_copy_transposed_rejects_mismatched_shapes_and_dtypes() -> None:
         copy_transposed_(torch.empty(3, 4), torch.empty(3, 4))
     with pytest.raises(ValueError, match="torch.bfloat16"):
         copy_transposed_(torch.empty(4, 3), torch.empty(3, 4, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match=r"of \(2, 3, 4\) torch.float32 into \(3, 4, 3\)"):
+        copy_transposed_(torch.empty(3, 4, 3), torch.empty(2, 3, 4))
 
 
 def test_symmetric_sum_in_a_wider_dtype() -> None:
