@@ -187,10 +187,13 @@ def polynomial_map_vjp(
     x, grad = _scaled(x, None, product_dtype), _scaled(grad, None, product_dtype)
     xt, gt = (x, grad) if tall else (x.mT, grad.mT)
     # A = scale * a with a = x^T grad: everything below is linear in A, so scale goes into the per-matrix
-    # scalars and into the one scaling of Dq's result instead of a pass over a. Only a + a^T is formed
-    # (in the Gram's dtype, straight from the product's), and <a, q> = <a + a^T, q> / 2 as q is symmetric.
-    a_sym = symmetric_sum(xt.mT @ gt, gram.dtype)
-    inner_a = _inner(a_sym, q) * 0.5
+    # scalars and into the one scaling of Dq's result instead of a pass over a. Of a, only a + a^T is
+    # formed in the Gram's dtype (straight from a bf16 product: no float32 copy of a), and as q is
+    # symmetric <a, q> = <a + a^T, q> / 2; taken from a itself where a already is in that dtype, since
+    # a + a^T rounds there, while two bf16 numbers add in float32 with no rounding worth the name.
+    a = xt.mT @ gt
+    a_sym = symmetric_sum(a, gram.dtype)
+    inner_a = _inner(a, q) if a.dtype == gram.dtype else _inner(a_sym, q) * 0.5
     sym = polynomial.derivative(a_sym)
     along_x = _per_matrix_scaled(inner_a + _inner(sym, gram), scale)
     inner = _per_matrix_scaled(inner_a, scale)
