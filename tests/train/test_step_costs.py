@@ -7,6 +7,9 @@ the device (each read makes the host wait for the device to finish).
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,7 +17,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import compose_config, is_top_level_op
+from helpers import REPO_ROOT, compose_config, is_top_level_op
 from torch.profiler import ProfilerActivity, profile
 
 from pcpretrain.batched_matmul import symmetric_strips
@@ -26,6 +29,7 @@ from pcpretrain.train.preemption import Preemption
 from pcpretrain.train.run import build_training_parts
 from pcpretrain.train.state import TrainState
 from pcpretrain.train.trainer import Trainer
+from pcpretrain.transpose_kernels import triton_available
 
 VOCAB = 256
 # Operators that only create views or aliases (no kernel runs).
@@ -218,3 +222,48 @@ def test_steps_with_symmetric_products_in_strips_train_like_whole_products(optim
     assert strips_losses == pytest.approx(whole_losses, rel=1e-6)
     for name, weight in whole.items():
         torch.testing.assert_close(strips[name], weight, rtol=0, atol=1e-5, msg=name)
+
+
+# Three training steps (PC degree 4 with bf16 products, Muon with bf16 Newton-Schulz, strips cut small)
+# with every transposing copy and symmetric sum in the tiled kernels, run by Triton's CPU interpreter,
+# then with the eager ops: the same losses and weights, bit for bit.
+TILED_TRAINING = """
+import sys
+sys.path[:0] = ["tests", "tests/train"]
+import torch
+from pcpretrain import transpose_kernels
+from pcpretrain.batched_matmul import symmetric_strips
+from test_step_costs import LogsEvery, make_trainer
+
+def train():
+    logger = LogsEvery(1)
+    with symmetric_strips(4, min_rows=16):
+        overrides = ("pc.degree=4", "pc.bf16_products=true", "optimizer=muon")
+        trainer = make_trainer(2, *overrides, callbacks=[logger])
+        trainer.last_step = 3
+        trainer.fit()
+    return [r["loss"] for r in logger.records], [p.detach().clone() for p in trainer.model.parameters()]
+
+tiled_losses, tiled_weights = train()
+assert {kernel for kernel, _, _ in transpose_kernels._CHECKED} == {"copy", "sum"}, transpose_kernels._CHECKED
+transpose_kernels.set_transpose_kernels(False)
+eager_losses, eager_weights = train()
+assert len(tiled_losses) == 3 and tiled_losses == eager_losses, (tiled_losses, eager_losses)
+assert all(torch.equal(a, b) for a, b in zip(tiled_weights, eager_weights, strict=True))
+print("tiled training matches")
+"""
+
+
+@pytest.mark.skipif(not triton_available(), reason="Triton is not installed")
+def test_training_with_the_tiled_transpose_kernels_equals_the_eager_ops_bit_for_bit() -> None:
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", TILED_TRAINING],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "tiled training matches" in result.stdout
