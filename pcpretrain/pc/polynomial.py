@@ -79,9 +79,11 @@ class _PolynomialAtGram:
 
 
 def _inner(a: Tensor, b: Tensor) -> Tensor:
-    """<a, b> per matrix of a stack (shape ``a.shape[:-2]``): a row-times-column product per matrix, which
-    reads both once and writes no elementwise product."""
-    return (a.flatten(-2).unsqueeze(-2) @ b.flatten(-2).unsqueeze(-1)).reshape(a.shape[:-2])
+    """<a, b> per matrix of a stack (shape ``a.shape[:-2]``), as an elementwise product and a sum, in the
+    inputs' own precision. Not as a batched 1 x K by K x 1 product, which reads less but runs, on CUDA,
+    in cuBLAS kernels whose time grows with K at a few ns per element (pytorch/pytorch#114911; K = n^2
+    is 4.2M here) and in TF32 where the transform's products may use it."""
+    return (a * b).sum(dim=(-2, -1))
 
 
 def is_tall(x: Tensor) -> bool:
