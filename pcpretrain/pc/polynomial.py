@@ -191,8 +191,9 @@ def polynomial_map_vjp(
     # A = scale * a with a = x^T grad: everything below is linear in A, so scale goes into the per-matrix
     # scalars and into the one scaling of Dq's result instead of a pass over a. Of a, only a + a^T is
     # formed in the Gram's dtype (straight from a bf16 product: no float32 copy of a), and as q is
-    # symmetric <a, q> = <a + a^T, q> / 2; taken from a itself where a already is in that dtype, since
-    # a + a^T rounds there, while two bf16 numbers add in float32 with no rounding worth the name.
+    # symmetric <a, q> = <a + a^T, q> / 2: taken from a itself where a already is in that dtype (a + a^T
+    # rounds there), from a + a^T after a bf16 product (two bf16 numbers add exactly in float32 unless
+    # their exponents lie more than 16 apart).
     a = xt.mT @ gt
     a_sym = symmetric_sum(a, gram.dtype)
     inner_a = _inner(a, q) if a.dtype == gram.dtype else _inner(a_sym, q) * 0.5
