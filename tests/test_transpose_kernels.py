@@ -157,3 +157,36 @@ def test_compiled_code_keeps_the_eager_ops(monkeypatch: pytest.MonkeyPatch) -> N
     expected[4:, :4] = c[:4, 4:].mT
     assert torch.equal(torch.compile(fill, fullgraph=True)(c), expected * 2)
     assert seen == [False]
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_the_kernels_compile_for_an_h100_and_transpose_through_shared_memory(
+    dtype: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ahead of time, with no GPU: Triton lowers both kernels to PTX and a cubin for sm_90 (the H100),
+    and each moves its tiles through shared memory, the transpose that keeps global reads and writes
+    coalesced."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, compile
+
+    from pcpretrain import transpose_tiles
+
+    monkeypatch.setenv("TRITON_DEFAULT_FP_FUSION", "1")  # no effect on these kernels; silences a notice
+    arguments = {
+        transpose_tiles._transpose_tiles: {
+            "src": f"*{dtype}",
+            "dst": f"*{dtype}",
+            "rows": "i32",
+            "cols": "i32",
+        },
+        transpose_tiles._symmetric_sum_tiles: {"x": f"*{dtype}", "out": "*fp32", "n": "i32"},
+    }
+    for kernel, leading in arguments.items():
+        strides = {name: "i64" for name in kernel.arg_names if name not in leading and name != "BLOCK"}
+        source = ASTSource(kernel, {**leading, **strides, "BLOCK": "constexpr"}, constexprs={"BLOCK": 64})
+        compiled = compile(source, target=GPUTarget("cuda", 90, 32))
+        assert compiled.asm["cubin"], kernel
+        ptx = compiled.asm["ptx"]
+        # Tiles go into shared memory and come back transposed (16-bit ones by ldmatrix's .trans).
+        assert "st.shared" in ptx and ("ld.shared" in ptx or "ldmatrix" in ptx) and "st.global" in ptx, kernel
