@@ -17,9 +17,12 @@ import torch
 from safetensors import safe_open
 
 from pcpretrain.spectra.analysis import SpectraReport
+from pcpretrain.transpose_kernels import triton_available
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
+
+needs_triton = pytest.mark.skipif(not triton_available(), reason="Triton is not installed")
 
 # Small enough that a CLI run takes seconds on a 2-core CPU.
 TINY_OVERRIDES = [
@@ -262,3 +265,15 @@ def is_top_level_op(event) -> bool:
             return False
         parent = parent.cpu_parent
     return True
+
+
+def run_under_triton_interpreter(code: str) -> str:
+    """Run ``code`` in a fresh Python from the repository root under Triton's CPU interpreter
+    (``TRITON_INTERPRET=1``, read when kernels are defined, hence the new process); its stdout, after
+    checking that it exited cleanly."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result.stdout

@@ -4,19 +4,15 @@ the fallback that turns a failing kernel off."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 import warnings
 
 import pytest
 import torch
+from helpers import needs_triton, run_under_triton_interpreter
 
 from pcpretrain import transpose_kernels
 from pcpretrain.transpose_kernels import copy_transposed_, set_transpose_kernels, symmetric_sum
-
-needs_triton = pytest.mark.skipif(not transpose_kernels.triton_available(), reason="Triton is not installed")
 
 
 def test_copy_transposed_writes_the_transpose_into_a_block_view() -> None:
@@ -100,12 +96,7 @@ INTERPRETED_CHECKS = textwrap.dedent(
 
 @needs_triton
 def test_kernels_under_the_interpreter_match_the_eager_ops_bit_for_bit() -> None:
-    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-c", INTERPRETED_CHECKS], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert "interpreted kernels match" in result.stdout
+    assert "interpreted kernels match" in run_under_triton_interpreter(INTERPRETED_CHECKS)
 
 
 def _wrong_transpose_into(dst: torch.Tensor, src: torch.Tensor) -> None:

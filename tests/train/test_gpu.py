@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import read_metrics, run_cli, tiny_config
+from helpers import needs_triton, read_metrics, run_cli, tiny_config
 
 from pcpretrain import transpose_kernels
 from pcpretrain.batched_matmul import strip_bounds, symmetric_matmul, symmetric_strips
@@ -124,7 +124,7 @@ def test_symmetric_products_in_strips_match_whole_products_on_the_gpu(dtype: tor
         assert torch.equal(got[:, 512:, :512], got[:, :512, 512:].mT)
 
 
-@pytest.mark.skipif(not transpose_kernels.triton_available(), reason="Triton is not installed")
+@needs_triton
 def test_transpose_kernels_run_on_the_gpu_and_give_the_eager_results() -> None:
     """The tiled kernels take CUDA tensors at the 1B shapes, pass their first-launch check (a fallback
     would warn) and write what the eager ops write, bit for bit."""

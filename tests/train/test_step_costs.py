@@ -7,9 +7,6 @@ the device (each read makes the host wait for the device to finish).
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,7 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import REPO_ROOT, compose_config, is_top_level_op
+from helpers import compose_config, is_top_level_op, needs_triton, run_under_triton_interpreter
 from torch.profiler import ProfilerActivity, profile
 
 from pcpretrain.batched_matmul import symmetric_strips
@@ -29,7 +26,6 @@ from pcpretrain.train.preemption import Preemption
 from pcpretrain.train.run import build_training_parts
 from pcpretrain.train.state import TrainState
 from pcpretrain.train.trainer import Trainer
-from pcpretrain.transpose_kernels import triton_available
 
 VOCAB = 256
 # Operators that only create views or aliases (no kernel runs).
@@ -254,16 +250,6 @@ print("tiled training matches")
 """
 
 
-@pytest.mark.skipif(not triton_available(), reason="Triton is not installed")
+@needs_triton
 def test_training_with_the_tiled_transpose_kernels_equals_the_eager_ops_bit_for_bit() -> None:
-    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-c", TILED_TRAINING],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert "tiled training matches" in result.stdout
+    assert "tiled training matches" in run_under_triton_interpreter(TILED_TRAINING)
