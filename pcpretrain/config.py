@@ -126,8 +126,9 @@ class OptimizerConfig:
     ns_dtype: str = "bfloat16"
     ns_method: str = "gram"
     lr_adjust: str = "moonlight"
-    # torch.compile of Muon's momentum step, directions and update (fewer passes over memory).
-    compile: bool = False
+    # torch.compile of Muon's momentum step, directions and update (fewer passes over memory); null: on
+    # for CUDA, off on CPU (as trainer.compile).
+    compile: bool | None = None
     categories: CategoriesConfig = field(default_factory=CategoriesConfig)
 
 
@@ -365,6 +366,12 @@ def _positive(key: str, value: float | int, *, allow_zero: bool = False) -> None
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ConfigError(f"{key}={value!r} is not allowed; it must be {bound}")
+
+
+def resolve_compile(requested: bool | None, device: str) -> bool:
+    """``null`` (``trainer.compile``, ``optimizer.compile``) compiles on GPUs, where it pays off; on CPUs
+    compilation costs more than it saves."""
+    return device == "cuda" if requested is None else requested
 
 
 def parse_step_range(text: str) -> tuple[int, int]:

@@ -32,8 +32,8 @@ from pcpretrain.optim import build_optimizer
 # Row name: optimizer config, PC degree of the model, further overrides.
 ROWS: dict[str, tuple[str, int, tuple[str, ...]]] = {
     "adamw": ("adamw", 4, ()),
-    "muon": ("muon", 2, ("optimizer.ns_method=standard",)),
-    "muon-gram": ("muon", 2, ("optimizer.ns_method=gram",)),
+    "muon": ("muon", 2, ("optimizer.ns_method=standard", "optimizer.compile=false")),
+    "muon-gram": ("muon", 2, ("optimizer.ns_method=gram", "optimizer.compile=false")),
     "muon-compiled": ("muon", 2, ("optimizer.ns_method=standard", "optimizer.compile=true")),
     "muon-gram-compiled": ("muon", 2, ("optimizer.ns_method=gram", "optimizer.compile=true")),
 }

@@ -44,20 +44,11 @@ VARIANTS = {
     "pc4-tf32": ["pc.degree=4", "pc.bf16_products=false"],
     "baseline-full-logits": ["pc.degree=0", "trainer.loss_chunk_tokens=0"],
     "muon": ["optimizer=muon", "pc.degree=0"],
+    "muon-eager": ["optimizer=muon", "pc.degree=0", "optimizer.compile=false"],
     "muon-standard": ["optimizer=muon", "pc.degree=0", "optimizer.ns_method=standard"],
-    "muon-gram-compiled": [
-        "optimizer=muon",
-        "pc.degree=0",
-        "optimizer.ns_method=gram",
-        "optimizer.compile=true",
-    ],
     "muon-pc2": ["optimizer=muon", "pc.degree=2"],
-    "muon-pc2-fast": [
-        "optimizer=muon",
-        "pc.degree=2",
-        "optimizer.ns_method=gram",
-        "optimizer.compile=true",
-    ],
+    "muon-pc2-eager": ["optimizer=muon", "pc.degree=2", "optimizer.compile=false"],
+    "muon-pc2-compiled": ["optimizer=muon", "pc.degree=2", "optimizer.compile=true"],  # also on CPUs
 }
 TINY = ["model=tiny", "model.vocab_size=512"]
 

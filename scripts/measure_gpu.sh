@@ -13,12 +13,12 @@
 #   optimizer_whole         as optimizer, with the symmetric products whole instead of in strips
 #   optimizer_eager         as optimizer, with the strips' transposing copies eager, not in tiled kernels
 #   numerics                the transform's error against float64 on the GPU (pc_numerics.py)
-#   throughput              baseline, pc4, pc4-tf32, muon, muon-standard, muon-gram-compiled, muon-pc2,
-#                           muon-pc2-fast side by side, 4 micro-batches: the issue's table with and
+#   throughput              baseline, pc4, pc4-tf32, muon, muon-eager, muon-standard, muon-pc2,
+#                           muon-pc2-eager side by side, 4 micro-batches: the issue's table with and
 #                           without each fast option (about 30 s a variant on an H100, more with compile)
 #   throughput_whole        baseline, pc4, muon with the symmetric products whole instead of in strips
 #   throughput_eager        baseline, pc4, muon with transposing copies and sums eager, not in tiled kernels
-#   profile                 one profiled step of baseline, pc4, muon-gram-compiled, muon-pc2-fast:
+#   profile                 one profiled step of baseline, pc4, muon, muon-pc2:
 #                           <out>/profile/<variant>/top_ops_*.txt, time per step phase, then top ops
 #                           (the traces are deleted: too large to bring back from a lent machine)
 #   throughput_10mb         baseline, pc4, pc4-tf32 at 10 micro-batches
@@ -58,7 +58,7 @@ for name in "${names[@]}"; do
         numerics) run "$name" 120 python scripts/pc_numerics.py ;;
         throughput)
             run "$name" 480 python scripts/bench_throughput.py --steps 4 --warmup 2 --variants baseline \
-                pc4 pc4-tf32 muon muon-standard muon-gram-compiled muon-pc2 muon-pc2-fast ;;
+                pc4 pc4-tf32 muon muon-eager muon-standard muon-pc2 muon-pc2-eager ;;
         throughput_whole)
             run "$name" 300 python scripts/bench_throughput.py --steps 4 --warmup 2 --symmetric-strips 1 \
                 --variants baseline pc4 muon ;;
@@ -67,7 +67,7 @@ for name in "${names[@]}"; do
                 --variants baseline pc4 muon ;;
         profile)
             run "$name" 240 python scripts/bench_throughput.py --steps 1 --warmup 2 \
-                --variants baseline pc4 muon-gram-compiled muon-pc2-fast --profile "$out/profile"
+                --variants baseline pc4 muon muon-pc2 --profile "$out/profile"
             find "$out/profile" -name 'trace_*.json' -delete ;;
         throughput_10mb)
             run "$name" 240 python scripts/bench_throughput.py --steps 3 --warmup 2 --micro-batches 10 \

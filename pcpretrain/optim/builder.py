@@ -5,12 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pcpretrain.config import OptimizerConfig
+from pcpretrain.config import OptimizerConfig, resolve_compile
 from pcpretrain.optim.routing import log_assignment, route
 
 
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    """AdamW for every group, or Muon for hidden matrices with AdamW for the rest (the groups logged)."""
+    """AdamW for every group, or Muon for hidden matrices with AdamW for the rest (the groups logged).
+
+    ``optimizer.compile`` follows the device the model is on (``null``: compiled on CUDA)."""
     param_groups = [group.as_param_group() for group in route(model, cfg)]
     log_assignment(param_groups)
     if cfg.name == "muon":
@@ -29,7 +31,7 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optim
             ns_dtype=cfg.ns_dtype,
             ns_method=cfg.ns_method,
             lr_adjust=cfg.lr_adjust,
-            compile_elementwise=cfg.compile,
+            compile_elementwise=resolve_compile(cfg.compile, _device_type(model)),
         )
     for group in param_groups:
         group.pop("use_muon")
@@ -42,3 +44,8 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optim
         weight_decay=cfg.weight_decay,
         fused=True,
     )
+
+
+def _device_type(model: nn.Module) -> str:
+    """Where the model's parameters are (``cpu`` for a model without any)."""
+    return next((p.device.type for p in model.parameters()), "cpu")

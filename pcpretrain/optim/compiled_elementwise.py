@@ -18,7 +18,8 @@ still compiling in the measured steps). One matrix's graph compiles in about a s
 shape it sees makes its sizes symbolic, and the first change of a float (the learning rate, the
 decay) makes that float symbolic, so a model compiles a handful of graphs per kernel in its first two
 steps and none after. Past :data:`RECOMPILE_LIMIT` graphs a kernel runs the same rule eagerly,
-correct but slow; it never fails.
+correct but slow; it never fails. Nor does a kernel that cannot be compiled at all (no working
+compiler or Triton on the machine, a bug in the backend): it runs eagerly too, and torch logs why.
 
 The batch functions are plain PyTorch and also run eagerly (slowly); ``compiled_momentum_directions``
 and ``compiled_apply_updates`` are their compiled forms.
@@ -101,12 +102,13 @@ def per_matrix_apply_updates(
 
 def _compiled_batches(batch_function: Callable[..., Any], kernel: Callable[..., None]) -> Callable[..., Any]:
     """``batch_function`` calling ``kernel`` through torch.compile, under this module's recompile limit
-    (torch's is global)."""
+    (torch's is global) and with compilation errors turned into eager runs: on by default on GPUs, the
+    compiled path must never be what stops a run."""
     compiled_kernel = torch.compile(kernel)
 
     @functools.wraps(batch_function)
     def run(*args: Any) -> Any:
-        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, suppress_errors=True):
             return batch_function(*args, kernel=compiled_kernel)
 
     return run

@@ -26,7 +26,14 @@ from accelerate.utils import (
 )
 
 from pcpretrain.compat import force_fsdp_state, reset_accelerate_state
-from pcpretrain.config import ZERO_ENGINES, ConfigError, DistributedConfig, TrainConfig, TrainerConfig
+from pcpretrain.config import (
+    ZERO_ENGINES,
+    ConfigError,
+    DistributedConfig,
+    TrainConfig,
+    TrainerConfig,
+    resolve_compile,
+)
 
 # The decoder block is the unit FSDP2 shards and gathers: a PC layer's whole matrix is then
 # materialized inside the block's forward.
@@ -48,11 +55,6 @@ def resolve_precision(requested: str, device: str) -> str:
     if requested != "auto":
         return requested
     return "bf16" if device == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-
-
-def resolve_compile(requested: bool | None, device: str) -> bool:
-    """``null`` compiles on GPUs, where it pays off; on CPUs compilation costs more than it saves."""
-    return device == "cuda" if requested is None else requested
 
 
 def launched_world_size() -> int:

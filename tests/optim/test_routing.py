@@ -65,3 +65,16 @@ def test_adamw_assignment_is_described_with_every_name(small_vocab_model) -> Non
     assert {entry["optimizer"] for entry in saved} == {"adamw"}
     assert sum(entry["count"] for entry in saved) == len(list(small_vocab_model.parameters()))
     assert len(optimizer.param_groups) == len(saved)
+
+
+@pytest.mark.parametrize(
+    ("requested", "device", "compiled"), [(None, "cpu", False), (None, "meta", False), (True, "cpu", True)]
+)
+def test_muon_compiles_its_elementwise_work_where_the_model_is_on_a_gpu_or_when_told(
+    requested: bool | None, device: str, compiled: bool
+) -> None:
+    """``optimizer.compile=null`` follows the device the model is on, as ``trainer.compile`` does (on
+    CUDA: see tests/train/test_gpu.py)."""
+    model = build_model(ModelConfig(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2), 100)
+    optimizer = build_optimizer(model.to(device), OptimizerConfig(name="muon", compile=requested))
+    assert optimizer.compile_elementwise is compiled

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pcpretrain.config import ConfigError, DistributedConfig, TrainConfig, TrainerConfig
+from pcpretrain.config import ConfigError, DistributedConfig, TrainConfig, TrainerConfig, resolve_compile
 from pcpretrain.train.engine import (
     build_accelerator,
     deepspeed_config,
@@ -13,7 +13,6 @@ from pcpretrain.train.engine import (
     forget_other_engines,
     fsdp_plugin,
     gradient_accumulation_steps,
-    resolve_compile,
     resolve_device,
     resolve_precision,
 )

@@ -12,7 +12,9 @@ from helpers import needs_triton, read_metrics, run_cli, tiny_config
 
 from pcpretrain import transpose_kernels
 from pcpretrain.batched_matmul import strip_bounds, symmetric_matmul, symmetric_strips
-from pcpretrain.model import peak_flops
+from pcpretrain.config import ModelConfig, OptimizerConfig
+from pcpretrain.model import build_model, peak_flops
+from pcpretrain.optim import build_optimizer
 from pcpretrain.train.run import run_training
 from pcpretrain.transpose_kernels import copy_transposed_, symmetric_sum
 
@@ -98,11 +100,18 @@ def test_muon_fast_paths_follow_the_plain_ones(tmp_path: Path) -> None:
     plain = tmp_path / "plain"
     fast_paths = ["optimizer.ns_method=gram", "optimizer.compile=true", "pc.bf16_products=true"]
     run_training(tiny_config(fast, *common, *fast_paths), fast)
-    run_training(tiny_config(plain, *common, "optimizer.ns_method=standard", "pc.bf16_products=false"), plain)
+    plain_paths = ["optimizer.ns_method=standard", "optimizer.compile=false", "pc.bf16_products=false"]
+    run_training(tiny_config(plain, *common, *plain_paths), plain)
     fast_losses, plain_losses = read_metrics(fast), read_metrics(plain)
     assert len(fast_losses) == len(plain_losses) == 8
     for one, other in zip(plain_losses, fast_losses, strict=True):
         assert other["loss"] == pytest.approx(one["loss"], rel=1e-2)
+
+
+def test_muon_compiles_its_elementwise_work_by_default_on_a_gpu() -> None:
+    model = build_model(ModelConfig(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2), 100)
+    assert build_optimizer(model.to("cuda"), OptimizerConfig(name="muon")).compile_elementwise
+    assert not build_optimizer(model, OptimizerConfig(name="muon", compile=False)).compile_elementwise
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
