@@ -18,8 +18,10 @@ still compiling in the measured steps). One matrix's graph compiles in about a s
 shape it sees makes its sizes symbolic, and the first change of a float (the learning rate, the
 decay) makes that float symbolic, so a model compiles a handful of graphs per kernel in its first two
 steps and none after. Past :data:`RECOMPILE_LIMIT` graphs a kernel runs the same rule eagerly,
-correct but slow; it never fails. Nor does a kernel that cannot be compiled at all (no working
-compiler or Triton on the machine, a bug in the backend): it runs eagerly too, and torch logs why.
+correct but slow; it never fails. A kernel that cannot be compiled at all (no working compiler or
+Triton on the machine, a backend error) stops the step with an error that says how to run eagerly.
+It does not quietly run the eager rule instead: that rounds differently from the compiled one, so
+under DDP a rank that fell back alone would drift away from its replicas without anyone noticing.
 
 The batch functions are plain PyTorch and also run eagerly (slowly); ``compiled_momentum_directions``
 and ``compiled_apply_updates`` are their compiled forms.
@@ -102,14 +104,20 @@ def per_matrix_apply_updates(
 
 def _compiled_batches(batch_function: Callable[..., Any], kernel: Callable[..., None]) -> Callable[..., Any]:
     """``batch_function`` calling ``kernel`` through torch.compile, under this module's recompile limit
-    (torch's is global) and with compilation errors turned into eager runs: on by default on GPUs, the
-    compiled path must never be what stops a run."""
+    (torch's is global), a compilation failure raised as an error that names the setting to change."""
     compiled_kernel = torch.compile(kernel)
 
     @functools.wraps(batch_function)
     def run(*args: Any) -> Any:
-        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, suppress_errors=True):
-            return batch_function(*args, kernel=compiled_kernel)
+        try:
+            with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+                return batch_function(*args, kernel=compiled_kernel)
+        except torch._dynamo.exc.TorchDynamoException as error:
+            detail = " ".join(str(error).split())[:300] or type(error).__name__
+            raise RuntimeError(
+                f"torch.compile could not compile Muon's elementwise kernel {kernel.__name__} ({detail}); "
+                "set optimizer.compile=false to run the same rule eagerly (more passes over memory)"
+            ) from error
 
     return run
 
