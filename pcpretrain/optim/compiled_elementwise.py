@@ -5,11 +5,11 @@ about 18 passes over float32 parameter-sized data per step: the gradients are st
 a non-finite step (2), the buffers scaled and added to (5), the directions formed (3), the updates
 converted and masked (1.5) and the parameters decayed and stepped (5). Each kernel reads what the last
 one wrote. Written here for one matrix with ``torch.where`` for the ``found_inf`` mask, inductor fuses
-the chain: gradient and buffer in, buffer and direction out (4 passes, the direction written straight
-into its row of the stack), then parameter and low-precision update in, parameter out (2.5). The rule
-and the ``found_inf`` guarantee are those of :mod:`pcpretrain.optim.muon`'s eager functions, which the
-tests compare these with: a flagged step changes nothing, and its (possibly NaN) gradients reach no
-state.
+the chain: gradient and buffer in, buffer and direction out (3.5 passes, the direction written straight
+into its row of the stack in Newton–Schulz's bf16), then parameter and low-precision update in,
+parameter out (2.5). The rule and the ``found_inf`` guarantee are those of
+:mod:`pcpretrain.optim.muon`'s eager functions, which the tests compare these with: a flagged step
+changes nothing, and its (possibly NaN) gradients reach no state.
 
 What is compiled is the one-matrix kernel, not the loop over a batch: a graph of a whole batch would
 unroll its loop, depend on the batch's length and the learning rate, and take long to compile at
@@ -76,12 +76,15 @@ def per_matrix_momentum_directions(
     nesterov: bool,
     found_inf: Tensor | None,
     rows: tuple[int, int],
+    dtype: torch.dtype | None = None,
     kernel: Callable[..., None] = momentum_direction,
 ) -> Tensor:
     """:func:`momentum_direction` for every buffer of a batch, and the stacked directions of ``rows``
-    (``(start, end)``), written by ``kernel`` (eager or compiled) into their rows of the stack."""
+    (``(start, end)``), written by ``kernel`` (eager or compiled) into their rows of the stack, in
+    ``dtype`` (default: the gradients'). Given Newton–Schulz's dtype (bf16), the kernel writes half the
+    bytes, normalisation reads half, and under FSDP the directions travel in half the bytes."""
     start, end = rows
-    directions = grads[0].new_empty((end - start, *grads[0].shape))
+    directions = grads[0].new_empty((end - start, *grads[0].shape), dtype=dtype)
     for index, (grad, buf) in enumerate(zip(grads, bufs, strict=True)):
         row = directions[index - start] if start <= index < end else None
         kernel(grad, buf, momentum, nesterov, found_inf, row)
@@ -108,10 +111,10 @@ def _compiled_batches(batch_function: Callable[..., Any], kernel: Callable[..., 
     compiled_kernel = torch.compile(kernel)
 
     @functools.wraps(batch_function)
-    def run(*args: Any) -> Any:
+    def run(*args: Any, **kwargs: Any) -> Any:
         try:
             with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
-                return batch_function(*args, kernel=compiled_kernel)
+                return batch_function(*args, **kwargs, kernel=compiled_kernel)
         except torch._dynamo.exc.TorchDynamoException as error:
             detail = " ".join(str(error).split())[:300] or type(error).__name__
             raise RuntimeError(

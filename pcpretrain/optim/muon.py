@@ -290,20 +290,31 @@ class Muon(torch.optim.Optimizer):
 
     def _muon_group_step(self, group: dict[str, Any], found_inf: Tensor | None = None) -> None:
         """Momentum, one Newton–Schulz chain and the update per batch of same-shape matrices."""
-        directions_of, apply = (
-            (compiled_momentum_directions, compiled_apply_updates)
-            if self.compile_elementwise
-            else (momentum_directions, apply_muon_updates)
-        )
+        apply = compiled_apply_updates if self.compile_elementwise else apply_muon_updates
         lr = group["lr"]
         for params in batches(group["params"], self._batch_key):
             grads = [self._local(p.grad) for p in params]
             bufs = [self._local(self._momentum_buffer(p)) for p in params]
-            rows = self._direction_rows(params)
-            directions = directions_of(grads, bufs, group["momentum"], group["nesterov"], found_inf, rows)
+            directions = self._directions(grads, bufs, group, found_inf, self._direction_rows(params))
             updates = self._batch_updates(params, directions, group)
             step = adjusted_lr(lr, params[0].shape, group["lr_adjust"])
             apply([self._local(p) for p in params], updates, lr * group["weight_decay"], step, found_inf)
+
+    def _directions(
+        self,
+        grads: list[Tensor],
+        bufs: list[Tensor],
+        group: dict[str, Any],
+        found_inf: Tensor | None,
+        rows: tuple[int, int],
+    ) -> Tensor:
+        """The batch's momentum step and the directions of ``rows``: one fused kernel per matrix that
+        writes them in the iteration's dtype when compiled, multi-tensor kernels (in the gradients'
+        dtype, converted while normalising) otherwise."""
+        rule = (grads, bufs, group["momentum"], group["nesterov"], found_inf, rows)
+        if self.compile_elementwise:
+            return compiled_momentum_directions(*rule, dtype=NS_DTYPES[group["ns_dtype"]])
+        return momentum_directions(*rule)
 
     def _batch_key(self, p: Tensor) -> Hashable:
         """What matrices must share to be stacked into one Newton–Schulz batch."""

@@ -138,10 +138,13 @@ def frobenius_normalize(
 ) -> Tensor:
     """Divide each matrix by (safety x) its Frobenius norm, an upper bound on its spectral norm.
 
-    The quotient is computed in ``x``'s dtype and written straight in ``dtype`` (default: ``x``'s), in
-    ``x``'s memory layout, so casting to the iteration's dtype costs no extra pass over the matrices.
+    The norm and the quotient are computed in at least float32, reading ``x`` in its own dtype (a bf16
+    ``x`` is widened inside the kernels, never copied), and the quotient is written straight in
+    ``dtype`` (default: ``x``'s), in ``x``'s memory layout: the same numbers as from a float32 copy of
+    ``x``, without that copy or a separate conversion pass.
     """
-    norm = torch.linalg.matrix_norm(x, keepdim=True) * safety + eps
+    wide = torch.promote_types(x.dtype, torch.float32)
+    norm = torch.linalg.matrix_norm(x, keepdim=True, dtype=wide) * safety + eps
     return torch.div(x, norm, out=torch.empty_like(x, dtype=dtype or x.dtype))
 
 
@@ -164,7 +167,8 @@ def _normalize(x: Tensor, cs: CoefficientSet, eps: float, dtype: torch.dtype) ->
     """Apply the set's own normalisation, returning ``dtype``; also a reusable Gram when it made one."""
     if cs.aol_safety is None:
         return frobenius_normalize(x, cs.norm_safety, eps, dtype), None
-    x, gram = aol_rescale(frobenius_normalize(x, cs.norm_safety, eps), cs.aol_safety, eps)
+    wide = torch.promote_types(x.dtype, torch.float32)
+    x, gram = aol_rescale(frobenius_normalize(x, cs.norm_safety, eps, wide), cs.aol_safety, eps)
     return x.to(dtype), gram.to(dtype)
 
 
@@ -274,7 +278,7 @@ def orthogonalize(
     cs = coefficient_set(coefficients)
     tall = g.size(-2) > g.size(-1)
     x = g.mT if tall else g
-    x, gram = _normalize(x.to(torch.promote_types(g.dtype, torch.float32)), cs, eps, dtype)
+    x, gram = _normalize(x, cs, eps, dtype)
     if method == "gram":
         restarts = gram_restarts(*x.shape[-2:], steps)
         x = _iterate_on_gram(x, cs.triples(steps), gram, tall, restarts)

@@ -65,20 +65,45 @@ def compiled_muon_equals_eager_muon_and_a_changing_lr_does_not_recompile() -> No
     assert not torch._dynamo.utils.counters["graph_break"]  # each call is one whole graph
 
 
+def compiled_muon_in_bfloat16_stays_within_its_rounding_of_eager_muon() -> None:
+    """The default on GPUs: float32 parameters, bf16 Newton–Schulz. The compiled kernel rounds the
+    directions to bf16 before normalising (eager Muon rounds once, after), so the updates agree to
+    bf16 rounding, not bit for bit."""
+    gen = torch.Generator().manual_seed(1)
+    shapes = [(48, 32), (48, 32), (24, 64)]
+    start = [torch.randn(shape, generator=gen) for shape in shapes]
+    grads = [[torch.randn(s, generator=gen) for s in shapes] for _ in range(3)]
+    finals = []
+    for compiled in (False, True):
+        params = [nn.Parameter(t.clone()) for t in start]
+        opt = Muon([{"params": params, "use_muon": True}], lr=0.02, compile_elementwise=compiled)
+        for step_grads in grads:
+            for p, g in zip(params, step_grads, strict=True):
+                p.grad = g.clone()
+            opt.step()
+        finals.append(params)
+    for eager, fused, before in zip(*finals, start, strict=True):
+        moved = (eager - before).norm()
+        assert (fused - eager).norm() < 5e-2 * moved, ((fused - eager).norm(), moved)  # seen: 1.3-1.6e-2
+
+
 def a_rank_slice_of_directions_follows_the_eager_rule() -> None:
     """A data-parallel rank's batch: every buffer steps, only the rows of its slice get a direction
-    (the compiled kernel's graph without a direction to write), with and without a skipped step."""
+    (the compiled kernel's graph without a direction to write), with and without a skipped step, and in
+    a narrower dtype than the gradients', as Muon asks for Newton–Schulz's."""
     before = compile_count()
-    for rows, flag in (((1, 3), 0.0), ((0, 0), None), ((2, 4), 1.0)):
+    cases = (((1, 3), 0.0, None), ((0, 0), None, None), ((2, 4), 1.0, None), ((0, 4), 0.0, torch.float32))
+    for rows, flag, dtype in cases:
         grads, bufs = random_matrices(6, 4), random_matrices(7, 4)
         found_inf = None if flag is None else torch.tensor(flag, dtype=torch.float64)
         eager_bufs, compiled_bufs = [b.clone() for b in bufs], [b.clone() for b in bufs]
         expected = momentum_directions(grads, eager_bufs, 0.9, True, found_inf, rows)
         got = compiled_elementwise.compiled_momentum_directions(
-            grads, compiled_bufs, 0.9, True, found_inf, rows
+            grads, compiled_bufs, 0.9, True, found_inf, rows, dtype=dtype
         )
         assert got.shape == expected.shape == (rows[1] - rows[0], 5, 7)
-        torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+        assert got.dtype == (dtype or torch.float64)  # the conversion fused into the kernel
+        torch.testing.assert_close(got, expected.to(got.dtype), rtol=0, atol=1e-12 if dtype is None else 1e-6)
         for eager_buf, compiled_buf in zip(eager_bufs, compiled_bufs, strict=True):
             torch.testing.assert_close(compiled_buf, eager_buf, rtol=0, atol=1e-12)
     assert compile_count() > before  # compiled, not run eagerly
@@ -137,6 +162,7 @@ CHECKS = {
     check.__name__: check
     for check in (
         compiled_muon_equals_eager_muon_and_a_changing_lr_does_not_recompile,
+        compiled_muon_in_bfloat16_stays_within_its_rounding_of_eager_muon,
         a_rank_slice_of_directions_follows_the_eager_rule,
         past_the_recompile_limit_a_batch_runs_eagerly_and_still_right,
         a_kernel_that_cannot_compile_stops_with_the_setting_to_change_and_changes_nothing,

@@ -48,6 +48,22 @@ def test_momentum_directions_follow_the_eager_rule(
     assert torch.isfinite(fused).all()
 
 
+@pytest.mark.parametrize("flag", [None, 1.0])
+def test_directions_come_in_the_dtype_asked_for(flag: float | None) -> None:
+    """Compiled Muon asks for Newton–Schulz's dtype: the same directions, rounded once, and the
+    buffers still in their own dtype."""
+    grads, bufs = random_matrices(0, COUNT, SHAPE), random_matrices(1, COUNT, SHAPE)
+    eager_bufs, fused_bufs = [b.clone() for b in bufs], [b.clone() for b in bufs]
+    eager = momentum_directions(grads, eager_bufs, MOMENTUM, True, flags(flag), (1, 3))
+    fused = per_matrix_momentum_directions(
+        grads, fused_bufs, MOMENTUM, True, flags(flag), (1, 3), dtype=torch.float32
+    )
+    assert fused.dtype == torch.float32 and fused_bufs[0].dtype == torch.float64
+    torch.testing.assert_close(fused, eager.float())
+    for eager_buf, fused_buf in zip(eager_bufs, fused_bufs, strict=True):
+        torch.testing.assert_close(fused_buf, eager_buf, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("flag", [None, 0.0, 1.0])
 def test_apply_updates_follows_the_eager_rule(flag: float | None) -> None:
     params = random_matrices(2, COUNT, SHAPE)
@@ -67,6 +83,7 @@ CHECKS = Path(__file__).with_name("compiled_muon_checks.py")
     "check",
     [
         "compiled_muon_equals_eager_muon_and_a_changing_lr_does_not_recompile",
+        "compiled_muon_in_bfloat16_stays_within_its_rounding_of_eager_muon",
         "a_rank_slice_of_directions_follows_the_eager_rule",
         "past_the_recompile_limit_a_batch_runs_eagerly_and_still_right",
         "a_kernel_that_cannot_compile_stops_with_the_setting_to_change_and_changes_nothing",

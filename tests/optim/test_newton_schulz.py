@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from pcpretrain.batched_matmul import symmetric_strips
+from pcpretrain.op_costs import OpCosts
 from pcpretrain.optim import newton_schulz
 from pcpretrain.optim.newton_schulz import (
     COEFFICIENT_SETS,
@@ -205,3 +206,24 @@ def test_the_gram_form_in_bfloat16_lands_in_the_band(shape, strips) -> None:
 def test_an_unknown_method_names_the_valid_ones() -> None:
     with pytest.raises(ValueError, match="gram"):
         orthogonalize(torch.randn(4, 8), method="fast")
+
+
+@pytest.mark.parametrize("method", ["standard", "gram"])
+@pytest.mark.parametrize("name", SETS)
+@pytest.mark.parametrize("shape", [(3, 40, 100), (3, 100, 40)])
+def test_a_bfloat16_input_gives_the_same_bits_as_its_float32_copy_without_making_one(
+    name: str, method: str, shape: tuple[int, ...]
+) -> None:
+    """Compiled Muon hands over its directions in bf16: the norm and the quotient are then formed in
+    float32 inside the kernels, so the result is that of the float32 input, and the only passes over the
+    large matrices are the norm's read and the quotient's read and write, in bf16."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).bfloat16()
+    got = orthogonalize(x, coefficients=name, method=method, out_dtype=torch.bfloat16)
+    expected = orthogonalize(x.float(), coefficients=name, method=method, out_dtype=torch.bfloat16)
+    assert torch.equal(got, expected)
+    big = torch.empty(2, 1536, 512, dtype=torch.bfloat16, device="meta")
+    with OpCosts() as costs:
+        orthogonalize(big, method=method, out_dtype=torch.bfloat16)
+    assert "_to_copy" not in costs.bytes_by_op, costs.bytes_by_op  # no float32 copy, no conversion pass
+    norm_and_quotient = costs.bytes_by_op["linalg_vector_norm"] + costs.bytes_by_op["div"]
+    assert 3 * big.numel() * 2 <= norm_and_quotient < 3 * big.numel() * 2 + 1024
