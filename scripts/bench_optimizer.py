@@ -6,11 +6,13 @@ over ``--steps`` steps after ``--warmup`` steps, on the GPU when there is one. B
 floors: the matrix products' GFLOP and the other ops' GB of memory traffic of one Muon step, counted
 per aten op on the meta device (so ``--count-only`` gives them for the 1B shapes on any machine).
 A row that fails (a compile error, out of memory) reads "failed" with its error, the others still run,
-and the exit status is then 1.
+and the exit status is then 1. ``--elementwise-only`` replaces Newton-Schulz by a conversion to its
+dtype: the momentum step, the directions and the update alone, eager against compiled.
 
     python scripts/bench_optimizer.py                    # 1B shapes on the GPU
     python scripts/bench_optimizer.py --model debug      # small shapes, runs on a CPU
     python scripts/bench_optimizer.py --count-only       # the 1B floors alone, in seconds, anywhere
+    python scripts/bench_optimizer.py --model debug --elementwise-only   # Muon's elementwise work alone
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pcpretrain.config import compose_train_config
 from pcpretrain.model import build_model
 from pcpretrain.op_costs import OpCosts
 from pcpretrain.optim import build_optimizer
+from pcpretrain.optim.muon import NS_DTYPES, Muon
 
 # Row name: optimizer config, PC degree of the model, further overrides.
 ROWS: dict[str, tuple[str, int, tuple[str, ...]]] = {
@@ -41,8 +44,16 @@ ROWS: dict[str, tuple[str, int, tuple[str, ...]]] = {
 COUNTED = ("muon", "muon-gram")
 
 
-def build(name: str, model_name: str, degree: int, device: torch.device, extra: tuple[str, ...] = ()):
-    """The model with PC layers of ``degree`` and random gradients, and the row's optimizer over it."""
+def build(
+    name: str,
+    model_name: str,
+    degree: int,
+    device: torch.device,
+    extra: tuple[str, ...] = (),
+    elementwise_only: bool = False,
+):
+    """The model with PC layers of ``degree`` and random gradients, and the row's optimizer over it, with
+    a ``found_inf`` flag as the trainer sets one (and Newton-Schulz skipped if ``elementwise_only``)."""
     cfg = compose_train_config([f"optimizer={name}", f"model={model_name}", *extra])
     torch.manual_seed(0)
     with device:  # built where it runs: no 1B model on the host just to count a meta step
@@ -51,7 +62,15 @@ def build(name: str, model_name: str, degree: int, device: torch.device, extra: 
     optimizer = build_optimizer(model, cfg.optimizer)
     for p in model.parameters():
         p.grad = torch.randn_like(p)
+    optimizer.found_inf = torch.zeros((), device=device)
+    if elementwise_only and isinstance(optimizer, Muon):
+        optimizer._batch_updates = skip_newton_schulz
     return optimizer
+
+
+def skip_newton_schulz(params: list[torch.Tensor], directions: torch.Tensor, group: dict) -> torch.Tensor:
+    """Stands in for Muon's Newton-Schulz: the directions converted to its dtype, as the update expects."""
+    return directions.to(NS_DTYPES[group["ns_dtype"]])
 
 
 def time_steps(
@@ -62,8 +81,9 @@ def time_steps(
     warmup: int,
     device: torch.device,
     extra: tuple[str, ...] = (),
+    elementwise_only: bool = False,
 ) -> float:
-    optimizer = build(name, model_name, degree, device, extra)
+    optimizer = build(name, model_name, degree, device, extra, elementwise_only)
     for _ in range(warmup):
         optimizer.step()
     if device.type == "cuda":
@@ -76,24 +96,25 @@ def time_steps(
     return (time.perf_counter() - start) / steps
 
 
-def count_step(name: str, model_name: str, degree: int, extra: tuple[str, ...] = ()) -> tuple[int, int]:
+def count_step(
+    name: str, model_name: str, degree: int, extra: tuple[str, ...] = (), elementwise_only: bool = False
+) -> tuple[int, int]:
     """Matrix-product FLOPs and other ops' bytes of one step (the second: state exists by then), counted
     on the meta device. The eager rule's figures: torch.compile fuses the elementwise passes."""
-    optimizer = build(name, model_name, degree, torch.device("meta"), extra)
-    optimizer.found_inf = torch.zeros((), device="meta")  # as the trainer steps it
+    optimizer = build(name, model_name, degree, torch.device("meta"), extra, elementwise_only)
     optimizer.step()
     with OpCosts() as costs:
         optimizer.step()
     return costs.flops, costs.other_bytes
 
 
-def costs_by_row(model_name: str) -> dict[str, tuple[str, str]]:
+def costs_by_row(model_name: str, elementwise_only: bool = False) -> dict[str, tuple[str, str]]:
     """The GFLOP and other-GB columns: counted for the eager Muon rows; a compiled row does its eager
     twin's products in fewer elementwise passes (not counted); fused AdamW does not run on meta."""
     columns = {}
     for row in COUNTED:
         name, degree, extra = ROWS[row]
-        flops, moved = count_step(name, model_name, degree, extra)
+        flops, moved = count_step(name, model_name, degree, extra, elementwise_only)
         columns[row] = (f"{flops / 1e9:.1f}", f"{moved / 1e9:.2f}")
         columns[f"{row}-compiled"] = (columns[row][0], "-")
     return columns
@@ -107,6 +128,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--count-only", action="store_true", help="the FLOP and byte columns only, no timing")
+    parser.add_argument(
+        "--elementwise-only",
+        action="store_true",
+        help="Newton-Schulz replaced by a conversion to its dtype: Muon's elementwise work alone",
+    )
     add_product_options(parser)
     args = parser.parse_args()
     products_label = apply_product_options(args)
@@ -114,14 +140,17 @@ def main() -> None:
     seconds: dict[str, float | str] = {row: "-" for row in ROWS}
     for row, (name, degree, extra) in ({} if args.count_only else ROWS).items():
         try:
-            seconds[row] = time_steps(name, args.model, degree, args.steps, args.warmup, device, extra)
+            seconds[row] = time_steps(
+                name, args.model, degree, args.steps, args.warmup, device, extra, args.elementwise_only
+            )
         except Exception as error:
             traceback.print_exc()
             seconds[row] = f"failed: {type(error).__name__}"
         torch._dynamo.reset()
-    costs = costs_by_row(args.model)
+    costs = costs_by_row(args.model, args.elementwise_only)
     where = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
-    print(f"model {args.model} on {where}, {products_label}")
+    skipped = ", Newton-Schulz skipped (elementwise work alone)" if args.elementwise_only else ""
+    print(f"model {args.model} on {where}, {products_label}{skipped}")
     print(f"{'optimizer':18} {'step ms':>10} {'vs AdamW':>9} {'GFLOP':>10} {'other GB':>9}")
     adamw = seconds["adamw"]
     failed = [row for row, value in seconds.items() if isinstance(value, str) and value.startswith("failed")]

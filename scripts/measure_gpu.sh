@@ -12,6 +12,8 @@
 #   optimizer               AdamW and Muon (standard or Gram Newton-Schulz, eager or compiled), the step alone
 #   optimizer_whole         as optimizer, with the symmetric products whole instead of in strips
 #   optimizer_eager         as optimizer, with the strips' transposing copies eager, not in tiled kernels
+#   optimizer_elementwise   Muon's momentum, directions and update alone (Newton-Schulz skipped), eager
+#                           against compiled: what optimizer.compile (on by default on GPUs) saves
 #   numerics                the transform's error against float64 on the GPU (pc_numerics.py)
 #   throughput              baseline, pc4, pc4-tf32, muon, muon-eager, muon-standard, muon-pc2,
 #                           muon-pc2-eager side by side, 4 micro-batches: the issue's table with and
@@ -31,7 +33,8 @@ out="${1:-gpu-measurements}"
 shift || true
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=(throughput throughput_whole throughput_eager profile throughput_10mb pc_step
-    pc_step_whole pc_step_eager pc_step_tf32 optimizer optimizer_whole optimizer_eager numerics gpu_tests)
+    pc_step_whole pc_step_eager pc_step_tf32 optimizer optimizer_whole optimizer_eager optimizer_elementwise
+    numerics gpu_tests)
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader >"$out/device.txt" 2>&1
 
@@ -55,6 +58,8 @@ for name in "${names[@]}"; do
             run "$name" 240 python scripts/bench_optimizer.py --steps 5 --warmup 2 --symmetric-strips 1 ;;
         optimizer_eager)
             run "$name" 240 python scripts/bench_optimizer.py --steps 5 --warmup 2 --eager-transposes ;;
+        optimizer_elementwise)
+            run "$name" 240 python scripts/bench_optimizer.py --steps 5 --warmup 2 --elementwise-only ;;
         numerics) run "$name" 120 python scripts/pc_numerics.py ;;
         throughput)
             run "$name" 480 python scripts/bench_throughput.py --steps 4 --warmup 2 --variants baseline \

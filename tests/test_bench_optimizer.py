@@ -31,6 +31,16 @@ def test_bench_optimizer_tiny_prints_every_row() -> None:
     assert float(rows["muon"][3]) > 0 and rows["muon-compiled"][3] == "-"
 
 
+def test_bench_optimizer_times_muons_elementwise_work_alone() -> None:
+    """Newton–Schulz skipped: no product left, and the eager rows' bytes are the elementwise passes."""
+    args = ("--model", "tiny", "--steps", "1", "--warmup", "1", "--elementwise-only")
+    result = run_script("bench_optimizer.py", *args, timeout=300)
+    assert "Newton-Schulz skipped (elementwise work alone)" in result.stdout.splitlines()[0]
+    rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()[2:]}
+    assert all(float(columns[0]) > 0 for columns in rows.values())
+    assert rows["muon"][2] == rows["muon-compiled"][2] == "0.0" and float(rows["muon"][3]) > 0
+
+
 @pytest.mark.parametrize("strips", [1, 4])
 def test_bench_optimizer_counts_the_1b_floors_without_timing(strips: int) -> None:
     result = run_script("bench_optimizer.py", "--count-only", "--symmetric-strips", str(strips), timeout=300)
@@ -51,10 +61,10 @@ def test_a_failing_row_is_reported_and_the_others_still_run(
     bench = load_script("bench_optimizer", monkeypatch)
     real_time_steps = bench.time_steps
 
-    def time_or_fail(name, model, degree, steps, warmup, device, extra=()):
+    def time_or_fail(name, model, degree, steps, warmup, device, extra=(), elementwise_only=False):
         if "optimizer.compile=true" in extra:
             raise RuntimeError("compile failed\nin detail")
-        return real_time_steps(name, model, degree, steps, warmup, device, extra)
+        return real_time_steps(name, model, degree, steps, warmup, device, extra, elementwise_only)
 
     monkeypatch.setattr(bench, "time_steps", time_or_fail)
     monkeypatch.setattr(
