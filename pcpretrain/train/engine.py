@@ -34,6 +34,7 @@ from pcpretrain.config import (
     TrainerConfig,
     resolve_compile,
 )
+from pcpretrain.errors import TrainingError
 
 # The decoder block is the unit FSDP2 shards and gathers: a PC layer's whole matrix is then
 # materialized inside the block's forward.
@@ -114,6 +115,17 @@ def build_accelerator(cfg: TrainConfig) -> Accelerator:
     if engine == "fsdp":
         force_fsdp_state(accelerator, engine_kwargs["fsdp_plugin"])  # torch's fully_shard runs on CPUs too
     return accelerator
+
+
+def model_compile_error(error: Exception, last_good: str) -> TrainingError:
+    """The error for a model that ``trainer.compile`` (on by default on GPUs) could not compile: a
+    machine without a working compiler or Triton would otherwise end in dynamo's traceback, which does
+    not say that the run trains without compilation."""
+    detail = " ".join(str(error).split())[:300] or type(error).__name__
+    return TrainingError(
+        f"torch.compile could not compile the model ({detail}); set trainer.compile=false to train it "
+        f"eagerly (slower on GPUs); {last_good}"
+    )
 
 
 def forget_other_engines(engine: str, environ: MutableMapping[str, str] = os.environ) -> None:

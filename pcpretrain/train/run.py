@@ -23,6 +23,7 @@ from pcpretrain.config import (
     TrainConfig,
     load_yaml,
     parse_step_range,
+    resolve_compile,
     to_yaml,
     validate,
 )
@@ -50,7 +51,13 @@ from pcpretrain.train.callbacks.progress import ConsoleProgress
 from pcpretrain.train.callbacks.spectral_monitor import SpectralMonitor
 from pcpretrain.train.callbacks.speed import SpeedMonitor
 from pcpretrain.train.callbacks.wandb_logger import WandbLogger
-from pcpretrain.train.engine import SHARDED_ENGINES, build_accelerator, launched_world_size, resolve_precision
+from pcpretrain.train.engine import (
+    SHARDED_ENGINES,
+    build_accelerator,
+    launched_world_size,
+    model_compile_error,
+    resolve_precision,
+)
 from pcpretrain.train.preemption import Preemption
 from pcpretrain.train.state import TrainState
 from pcpretrain.train.trainer import Trainer
@@ -254,13 +261,21 @@ def run_training(cfg: TrainConfig, run_dir: Path) -> RunSummary:
     try:
         trainer.fit()
     except NonFiniteLossError as exc:
-        last_good = checkpointing.saved.get("unmerged") or resume_from
-        raise NonFiniteLossError(f"{exc}; last good checkpoint: {last_good or 'none written yet'}") from exc
+        raise NonFiniteLossError(f"{exc}; {last_good(checkpointing, resume_from)}") from exc
+    except torch._dynamo.exc.TorchDynamoException as exc:
+        if not resolve_compile(cfg.trainer.compile, accelerator.device.type):
+            raise
+        raise model_compile_error(exc, last_good(checkpointing, resume_from)) from exc
     summary = summarize(run_dir, cfg, trainer, speed, checkpointing)
     summary.stopped_by = preemption.stopped_by
     if accelerator.is_main_process:
         atomic_write_text(run_dir / SUMMARY_FILE, json.dumps(asdict(summary), indent=2))
     return summary
+
+
+def last_good(checkpointing: Checkpointing, resume_from: Path | None) -> str:
+    """What a failed run leaves to resume from: its last checkpoint, or the one it resumed from."""
+    return f"last good checkpoint: {checkpointing.saved.get('unmerged') or resume_from or 'none written yet'}"
 
 
 def build_pc_step(cfg: TrainConfig, model: nn.Module, accelerator: Accelerator) -> PCStep | None:
