@@ -72,7 +72,8 @@ def train_command(overrides: list[str]) -> int:
     install_setup_handlers()  # before anything slow: a stop signal during setup exits cleanly
     import hydra
 
-    from pcpretrain.config import CONFIG_DIR, ConfigError, check_override_keys, register_configs
+    from pcpretrain.config import CONFIG_DIR, ConfigError, register_configs
+    from pcpretrain.config_validation import check_override_keys
     from pcpretrain.sweep import register_sweep_resolver
 
     try:
@@ -279,7 +280,8 @@ def schedule_command(args: list[str]) -> int:
     from hydra.errors import HydraException
 
     from pcpretrain.analysis.schedule_preview import plot_schedule, schedule_table
-    from pcpretrain.config import ConfigError, compose_train_config, validate
+    from pcpretrain.config import ConfigError, compose_train_config
+    from pcpretrain.config_validation import validate
 
     try:
         cfg = compose_train_config(ns.overrides)

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 from omegaconf import DictConfig
 
 from pcpretrain import exit_codes
-from pcpretrain.config import ConfigError, to_train_config, validate
+from pcpretrain.config import ConfigError, to_train_config
+from pcpretrain.config_validation import validate
 from pcpretrain.run_lock import RunDirLock, RunDirLocked
 from pcpretrain.stop_signals import StopRequested
 

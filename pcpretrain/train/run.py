@@ -22,11 +22,10 @@ from pcpretrain.config import (
     ConfigError,
     TrainConfig,
     load_yaml,
-    parse_step_range,
     resolve_compile,
     to_yaml,
-    validate,
 )
+from pcpretrain.config_validation import parse_step_range, validate
 from pcpretrain.data.batches import StreamComponent, StreamingBatches
 from pcpretrain.data.pipeline import PreparedData, prepare_data
 from pcpretrain.data.stream import StreamSpec

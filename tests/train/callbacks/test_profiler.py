@@ -11,7 +11,8 @@ import pytest
 import torch
 from helpers import TINY_OVERRIDES, compose_config, run_cli
 
-from pcpretrain.config import ConfigError, parse_step_range, validate
+from pcpretrain.config import ConfigError
+from pcpretrain.config_validation import parse_step_range, validate
 from pcpretrain.train.callbacks.profiler import Profiler
 
 
