@@ -1,4 +1,5 @@
-"""Resuming compares tokenizers by fingerprint, whichever kind the checkpoint carries."""
+"""Resume checks (train/resume.py): tokenizers are compared by fingerprint, whichever kind the checkpoint
+carries. Exact continuation and the other refusals run end to end in test_run.py."""
 
 from __future__ import annotations
 
