@@ -5,6 +5,10 @@
 #   bash scripts/measure_gpu.sh [out-dir] [name ...]    # default: gpu-measurements/, every name below
 #
 # Names, roughly in order of cost on one H100 (Llama-1B shapes):
+#   table                   the target table and nothing else, in about 5 minutes (one call on a
+#                           lent machine): baseline, pc4, muon, muon-pc2 at 4 micro-batches, then
+#                           muon-eager (whether compiled Muon pays), then baseline and pc4 at 10
+#                           (table_4mb.txt, table_10mb.txt; each row is printed as its variant ends)
 #   pc_step, pc_step_tf32   the PC phases alone (bench_pc_step.py), as training runs them (bf16
 #                           products) and with every product in TF32 (pc.bf16_products=false)
 #   pc_step_whole           as pc_step, with the symmetric products whole instead of in strips
@@ -49,6 +53,11 @@ run() {
 
 for name in "${names[@]}"; do
     case "$name" in
+        table)
+            run table_4mb 330 python scripts/bench_throughput.py --steps 4 --warmup 2 --variants baseline \
+                pc4 muon muon-pc2 muon-eager
+            run table_10mb 200 python scripts/bench_throughput.py --steps 3 --warmup 2 --micro-batches 10 \
+                --variants baseline pc4 ;;
         pc_step) run "$name" 120 python scripts/bench_pc_step.py --steps 5 --warmup 2 ;;
         pc_step_tf32) run "$name" 120 python scripts/bench_pc_step.py --steps 5 --warmup 2 --no-bf16-products ;;
         pc_step_whole) run "$name" 120 python scripts/bench_pc_step.py --steps 5 --warmup 2 --symmetric-strips 1 ;;
