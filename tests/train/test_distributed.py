@@ -40,7 +40,7 @@ def two_process_adamw(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str
     return run
 
 
-@pytest.mark.parametrize("engine", ["ddp", "zero2", "zero3"])
+@pytest.mark.parametrize("engine", ["ddp", "zero1", "zero2", "zero3"])
 def test_two_processes_match_one_process_with_accumulation_adamw_pc(
     engine: str, single_adamw: Path, two_process_adamw: Callable[[str], Path], tmp_path: Path
 ) -> None:
@@ -50,7 +50,7 @@ def test_two_processes_match_one_process_with_accumulation_adamw_pc(
     assert_export_matches(multi, single_adamw, tmp_path / "exported")
 
 
-@pytest.mark.parametrize("engine", ["zero2", "zero3"])
+@pytest.mark.parametrize("engine", ["zero1", "zero2", "zero3"])
 def test_a_zero_run_stopped_and_resumed_matches_the_uninterrupted_one(
     engine: str, two_process_adamw: Callable[[str], Path], tmp_path: Path
 ) -> None:
