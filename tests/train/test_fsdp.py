@@ -48,8 +48,14 @@ def test_two_fsdp_processes_match_one_process_and_export_its_weights_adamw_pc(
     assert_export_matches(fsdp_adamw, single_adamw, tmp_path / "exported")
 
 
-def test_two_fsdp_processes_match_one_process_muon_pc(single_muon: Path, tmp_path: Path) -> None:
-    sharded = train_split(tmp_path / "fsdp", *MUON_PC, FSDP, nproc=2)
+@pytest.mark.parametrize("reshard", ["true", "false"])
+def test_two_fsdp_processes_match_one_process_muon_pc(
+    single_muon: Path, reshard: str, tmp_path: Path
+) -> None:
+    """Also with the layers' parameters kept gathered from forward to backward
+    (``distributed.fsdp_reshard_after_forward=false``)."""
+    reshard_option = f"distributed.fsdp_reshard_after_forward={reshard}"
+    sharded = train_split(tmp_path / "fsdp", *MUON_PC, FSDP, reshard_option, nproc=2)
     assert_same_trajectory(read_metrics(single_muon), sharded)
 
 
