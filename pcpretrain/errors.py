@@ -22,3 +22,10 @@ class CheckpointError(TrainingError):
 
 class IncompatibleResume(CheckpointError):
     """The checkpoint to resume from was written for another run (shape, optimizer, data geometry)."""
+
+
+def compile_failure_message(what: str, error: BaseException, remedy: str) -> str:
+    """``torch.compile could not compile <what> (<cause>); <remedy>``: the cause on one line and at most
+    300 characters, since dynamo's own message runs over many lines of internals."""
+    cause = " ".join(str(error).split())[:300] or type(error).__name__
+    return f"torch.compile could not compile {what} ({cause}); {remedy}"

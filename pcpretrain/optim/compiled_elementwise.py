@@ -36,6 +36,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pcpretrain.errors import compile_failure_message
+
 # Graphs each kernel may compile: a few per dtype (with and without a found_inf flag, with and without
 # a direction to write, static then symbolic sizes and floats), with room for unusual models.
 RECOMPILE_LIMIT = 64
@@ -116,11 +118,9 @@ def _compiled_batches(batch_function: Callable[..., Any], kernel: Callable[..., 
             with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
                 return batch_function(*args, **kwargs, kernel=compiled_kernel)
         except torch._dynamo.exc.TorchDynamoException as error:
-            detail = " ".join(str(error).split())[:300] or type(error).__name__
-            raise RuntimeError(
-                f"torch.compile could not compile Muon's elementwise kernel {kernel.__name__} ({detail}); "
-                "set optimizer.compile=false to run the same rule eagerly (more passes over memory)"
-            ) from error
+            remedy = "set optimizer.compile=false to run the same rule eagerly (more passes over memory)"
+            what = f"Muon's elementwise kernel {kernel.__name__}"
+            raise RuntimeError(compile_failure_message(what, error, remedy)) from error
 
     return run
 

@@ -34,7 +34,7 @@ from pcpretrain.config import (
     TrainerConfig,
     resolve_compile,
 )
-from pcpretrain.errors import TrainingError
+from pcpretrain.errors import TrainingError, compile_failure_message
 
 # The decoder block is the unit FSDP2 shards and gathers: a PC layer's whole matrix is then
 # materialized inside the block's forward.
@@ -121,11 +121,8 @@ def model_compile_error(error: Exception, last_good: str) -> TrainingError:
     """The error for a model that ``trainer.compile`` (on by default on GPUs) could not compile: a
     machine without a working compiler or Triton would otherwise end in dynamo's traceback, which does
     not say that the run trains without compilation."""
-    detail = " ".join(str(error).split())[:300] or type(error).__name__
-    return TrainingError(
-        f"torch.compile could not compile the model ({detail}); set trainer.compile=false to train it "
-        f"eagerly (slower on GPUs); {last_good}"
-    )
+    remedy = f"set trainer.compile=false to train it eagerly (slower on GPUs); {last_good}"
+    return TrainingError(compile_failure_message("the model", error, remedy))
 
 
 def forget_other_engines(engine: str, environ: MutableMapping[str, str] = os.environ) -> None:
