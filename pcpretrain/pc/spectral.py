@@ -22,7 +22,12 @@ def _matvec(w: Tensor, x: Tensor) -> Tensor:
 
 def spectral_norm_estimate(weight: Tensor, u: Tensor, v: Tensor) -> Tensor:
     """u^T W v + eps per matrix; differentiable in W so the normalisation inside X carries gradient."""
-    return (u.to(weight.dtype) * _matvec(weight, v.to(weight.dtype))).sum(dim=-1) + SIGMA_EPS
+    return _estimate(u, _matvec(weight, v.to(weight.dtype)))
+
+
+def _estimate(u: Tensor, weight_v: Tensor) -> Tensor:
+    """u^T W v + eps from the product W v, in its dtype."""
+    return (u.to(weight_v.dtype) * weight_v).sum(dim=-1) + SIGMA_EPS
 
 
 @torch.no_grad()
@@ -38,17 +43,19 @@ def power_iteration_(weight: Tensor, u: Tensor, v: Tensor, iters: int) -> None:
 
 
 @torch.no_grad()
-def power_iteration_with_gram_(weight: Tensor, gram: Tensor, u: Tensor, v: Tensor, iters: int) -> None:
-    """:func:`power_iteration_` from the Gram matrix on the smaller side (``smaller_gram(weight)``).
+def power_iteration_with_gram_(weight: Tensor, gram: Tensor, u: Tensor, v: Tensor, iters: int) -> Tensor:
+    """:func:`power_iteration_` from the Gram matrix on the smaller side (``smaller_gram(weight)``);
+    returns the new estimate, ``spectral_norm_estimate(weight, u, v)`` at the updated u, v.
 
     One iteration ``v <- N(W^T u); u <- N(W v)`` is ``v <- N(W^T W v)`` on the column side and
     ``u <- N(W W^T u)`` on the row side, so the same iterates come from ``iters - 1`` products with the
     small Gram and two with W, instead of ``2 iters`` passes over W. Worth it where the Gram is needed
-    anyway: the per-step transform reuses it for the step that follows.
+    anyway: the per-step transform reuses it for the step that follows. The estimate reuses the last
+    product, W v: the same numbers as a separate :func:`spectral_norm_estimate`, one pass over W fewer.
     """
-    if iters < 1:
-        return
     w = weight.detach().to(compute_dtype(weight.dtype))
+    if iters < 1:
+        return spectral_norm_estimate(w, u, v)
     g = gram.to(w.dtype)
     uu = u.to(w.dtype)
     if is_tall(w):
@@ -59,5 +66,8 @@ def power_iteration_with_gram_(weight: Tensor, gram: Tensor, u: Tensor, v: Tenso
         for _ in range(iters - 1):
             uu = F.normalize(_matvec(g, uu), dim=-1)
         vv = F.normalize(_matvec(w.mT, uu), dim=-1)
-    u.copy_(F.normalize(_matvec(w, vv), dim=-1))
+    # u from v as stored (rounded to its buffer's dtype where narrower), so that W v serves both.
     v.copy_(vv)
+    weight_v = _matvec(w, v.to(w.dtype))
+    u.copy_(F.normalize(weight_v, dim=-1))
+    return _estimate(u, weight_v)

@@ -340,9 +340,9 @@ class PCStep:
             iters = group.modules[0].power_iters
             if self.per_step:
                 w, gram = _with_gram(weights)
-                power_iteration_with_gram_(w, gram, u[rows], v[rows], iters)
-                gram, sigma[rows] = _x_gram_and_sigma(w, gram, u[rows], v[rows])
-                group.keep(gram, sigma[rows], w)
+                with autocast_off(w.device.type):
+                    sigma[rows] = power_iteration_with_gram_(w, gram, u[rows], v[rows], iters)
+                group.keep(normalize_gram_(gram, sigma[rows]), sigma[rows], w)
             else:
                 power_iteration_(weights, u[rows], v[rows], iters)
                 sigma[rows] = spectral_norm_estimate(weights.to(u.dtype), u[rows], v[rows])

@@ -83,9 +83,26 @@ def test_power_iteration_from_the_gram_gives_the_same_iterates(shape, iters) -> 
     u, v = s["u"].clone(), s["v"].clone()
     power_iteration_(s["weight"], u, v, iters=iters)
     u_gram, v_gram = s["u"].clone(), s["v"].clone()
-    power_iteration_with_gram_(s["weight"], smaller_gram(s["weight"]), u_gram, v_gram, iters=iters)
+    sigma = power_iteration_with_gram_(s["weight"], smaller_gram(s["weight"]), u_gram, v_gram, iters=iters)
     torch.testing.assert_close(u_gram, u, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(v_gram, v, rtol=1e-10, atol=1e-12)
+    assert torch.equal(sigma, spectral_norm_estimate(s["weight"], u_gram, v_gram))
+
+
+@pytest.mark.parametrize("buffer_dtype", [torch.float32, F64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_the_gram_power_iterations_estimate_is_a_fresh_one_bit_for_bit(shape, buffer_dtype) -> None:
+    """The estimate reuses the iteration's last product W v: the numbers of a separate
+    ``spectral_norm_estimate`` at the new u, v, also where u, v are kept narrower than the weights."""
+    s = stack(shape, seed=7)
+    w = s["weight"]
+    u, v = s["u"].to(buffer_dtype), s["v"].to(buffer_dtype)
+    sigma = power_iteration_with_gram_(w, smaller_gram(w), u, v, iters=10)
+    assert sigma.dtype == F64
+    assert torch.equal(sigma, spectral_norm_estimate(w, u, v))
+    # u^T W v of unit vectors never exceeds ||W||_2, and ten iterations come close to it.
+    norm = torch.linalg.matrix_norm(w, ord=2)
+    assert (sigma <= norm + 1e-6).all() and (sigma > 0.9 * norm).all()
 
 
 @pytest.mark.parametrize("shape", SHAPES)
