@@ -29,3 +29,10 @@ def compile_failure_message(what: str, error: BaseException, remedy: str) -> str
     300 characters, since dynamo's own message runs over many lines of internals."""
     cause = " ".join(str(error).split())[:300] or type(error).__name__
     return f"torch.compile could not compile {what} ({cause}); {remedy}"
+
+
+def error_summary(error: BaseException) -> str:
+    """``Type: first line of the message`` (or the type alone): a failure on one line of a table, whose
+    traceback went to stderr."""
+    message = str(error).strip()
+    return f"{type(error).__name__}: {message.splitlines()[0]}" if message else type(error).__name__

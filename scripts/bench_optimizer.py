@@ -27,6 +27,7 @@ import torch
 from pcpretrain import pc
 from pcpretrain.batched_matmul import add_product_options, apply_product_options
 from pcpretrain.config import compose_train_config
+from pcpretrain.errors import error_summary
 from pcpretrain.model import build_model
 from pcpretrain.op_costs import OpCosts
 from pcpretrain.optim import build_optimizer
@@ -145,7 +146,7 @@ def main() -> None:
             )
         except Exception as error:
             traceback.print_exc()
-            seconds[row] = f"failed: {type(error).__name__}"
+            seconds[row] = f"failed: {error_summary(error)}"
         torch._dynamo.reset()
     costs = costs_by_row(args.model, args.elementwise_only)
     where = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"

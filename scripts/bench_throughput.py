@@ -27,6 +27,7 @@ import torch
 
 from pcpretrain.batched_matmul import add_product_options, apply_product_options
 from pcpretrain.config import TrainConfig, compose_train_config
+from pcpretrain.errors import error_summary
 from pcpretrain.model import flops_per_token, peak_flops
 from pcpretrain.train.callbacks.base import Callback
 from pcpretrain.train.callbacks.profiler import Profiler
@@ -204,10 +205,7 @@ def run_variants(
             result = run_variant(name, cfg, micro_batches, warmup, steps, profile_dir)
         except Exception as error:
             traceback.print_exc()
-            message = str(error).strip()
-            failures[name] = (
-                f"{type(error).__name__}: {message.splitlines()[0]}" if message else type(error).__name__
-            )
+            failures[name] = error_summary(error)
             release_memory()
             continue
         results.append(result)

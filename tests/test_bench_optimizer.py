@@ -75,6 +75,6 @@ def test_a_failing_row_is_reported_and_the_others_still_run(
     assert exit_info.value.code == 1
     out, err = capsys.readouterr()
     rows = {line.split()[0]: line.split(maxsplit=1)[1] for line in out.splitlines()[2:]}
-    assert rows["muon-compiled"] == rows["muon-gram-compiled"] == "failed: RuntimeError"
+    assert rows["muon-compiled"] == rows["muon-gram-compiled"] == "failed: RuntimeError: compile failed"
     assert float(rows["muon"].split()[0]) > 0 and rows["adamw"].split()[1] == "1.00"
     assert "in detail" in err
