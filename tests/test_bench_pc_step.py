@@ -22,7 +22,8 @@ def phase_flops(shapes: dict[tuple[int, int], int], symmetric: float = 1.0) -> d
     begin ``W q`` (m n^2) and q (2 n^3), the Gram coming from the power iteration; finish
     ``W^T dW_eff``, ``dW_eff q`` and ``W Dq[A + A^T]`` (3 m n^2), q again and its derivative (5 n^3),
     sigma's rank-one term (m n) (the inner products are elementwise: no FLOPs); spectral the Gram (m n^2),
-    three m x n (two of the iteration, sigma's) and 9 n x n matrix-vector products. The products
+    two m x n matrix-vector products (the iteration's first and last, whose W v sigma reuses) and 9
+    n x n ones. The products
     whose result is symmetric (the Gram, q's two and the derivative's last two) cost ``symmetric`` of
     a whole one."""
     totals = dict.fromkeys(PHASES[:-1], 0.0)
@@ -32,7 +33,7 @@ def phase_flops(shapes: dict[tuple[int, int], int], symmetric: float = 1.0) -> d
         totals["begin"] += count * 2 * (m * n * n + polynomial * n**3)
         derivative = 1 + (DERIVATIVE_PRODUCTS - 1) * symmetric
         totals["finish"] += count * 2 * (3 * m * n * n + (polynomial + derivative) * n**3 + m * n)
-        totals["spectral"] += count * 2 * (m * n * n * symmetric + 3 * m * n + (POWER_ITERS - 1) * n * n)
+        totals["spectral"] += count * 2 * (m * n * n * symmetric + 2 * m * n + (POWER_ITERS - 1) * n * n)
     return totals
 
 
